@@ -1,0 +1,247 @@
+//! The command line. Every option is a flag and an environment variable; the
+//! doc comments below are the `--help` text.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// The real-time popularity pipeline of CatLog, an anime catalog:
+/// produce → Kafka → consume → PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "catlog-live", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate anime popularity events and publish them to the Kafka topic
+    /// (created if missing).
+    Produce(ProduceArgs),
+    /// Read the topic and write PostgreSQL exactly once (current state,
+    /// history, offsets and dead letters in one transaction per batch).
+    Consume(ConsumeArgs),
+    /// Apply the SQL migrations and exit (the other commands also migrate at start).
+    Migrate(DbArgs),
+}
+
+/// Where the broker and the topic are.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(
+        long = "kafka-broker",
+        env = "KAFKA_BROKER",
+        default_value = "localhost:9092",
+        value_name = "HOST:PORT,..."
+    )]
+    pub brokers: String,
+
+    /// Topic the events travel on.
+    #[arg(
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        default_value = "anime-popularity",
+        value_name = "NAME"
+    )]
+    pub topic: String,
+}
+
+impl KafkaArgs {
+    /// The bootstrap brokers as a list.
+    pub fn broker_list(&self) -> Vec<String> {
+        self.brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL; the database is created if missing and the user may.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/catlog",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+/// Options of `produce`.
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Partitions when the topic is created.
+    #[arg(long = "kafka-partitions", env = "KAFKA_PARTITIONS", default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+
+    /// Pause between simulated events, in milliseconds [default: 60000; 1000 for `all`].
+    #[arg(long = "interval-ms", env = "PRODUCER_INTERVAL_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval_ms: Option<u64>,
+
+    /// Events per second, for load runs; overrides the interval.
+    #[arg(long = "rate", env = "PRODUCER_RATE", value_name = "EVENTS_PER_SEC", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+
+    /// Stop after this many events (all acknowledged by the broker) [default: run forever].
+    #[arg(long = "max-events", env = "PRODUCER_MAX_EVENTS", value_name = "N")]
+    pub max_events: Option<u64>,
+
+    /// Random seed for a repeatable run [default: random].
+    #[arg(long = "seed", env = "PRODUCER_SEED", value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Your own catalog instead of the built-in one: a .csv or .json file
+    /// (see the README for the columns).
+    #[arg(long = "catalog", env = "PRODUCER_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+}
+
+impl ProduceArgs {
+    /// How events are paced, with `default_interval` when no interval was given.
+    pub fn pace(&self, default_interval: Duration) -> Pace {
+        match (self.rate, self.interval_ms) {
+            (Some(rate), _) => Pace::Rate(rate),
+            (None, Some(ms)) => Pace::Interval(Duration::from_millis(ms)),
+            (None, None) => Pace::Interval(default_interval),
+        }
+    }
+}
+
+/// How fast the simulator emits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// One event, then this pause.
+    Interval(Duration),
+    /// This many events per second, batched per partition.
+    Rate(f64),
+}
+
+/// Where a group with no stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartFrom {
+    /// The earliest record the broker still holds.
+    Earliest,
+    /// Only records published from now on.
+    Latest,
+}
+
+/// Options of `consume`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Names whose offsets these are; consumers with the same group share the partitions.
+    #[arg(
+        long = "group-id",
+        env = "CONSUMER_GROUP_ID",
+        default_value = "catlog-live",
+        value_name = "NAME"
+    )]
+    pub group_id: String,
+
+    /// Where a group with no stored offset starts.
+    #[arg(long = "start-from", env = "CONSUMER_START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    pub start_from: StartFrom,
+
+    /// Most records written in one transaction.
+    #[arg(long = "batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 5000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match f64::from_str(text) {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err("must be a number of events per second above 0".into()),
+    }
+}
+
+/// Parses the command line (and environment); a bad setting becomes one line
+/// that names the flag and its environment variable.
+pub fn parse() -> Result<Cli, clap::Error> {
+    Cli::try_parse()
+}
+
+/// One line for a clap error: what was wrong, and the environment variable
+/// that can set the same option.
+pub fn one_line_error(err: &clap::Error) -> String {
+    use clap::error::ContextKind;
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid command line").trim();
+    let env = err
+        .get(ContextKind::InvalidArg)
+        .map(|arg| arg.to_string())
+        .and_then(|arg| env_for_flag(&arg));
+    match env {
+        Some(env) => format!("{first} (set by the flag or by {env}); see --help"),
+        None => format!("{first}; see --help"),
+    }
+}
+
+/// The environment variable of a flag as clap prints it (`--rate <N>`).
+fn env_for_flag(printed: &str) -> Option<String> {
+    let long = printed.trim_start_matches('-').split([' ', '=']).next()?;
+    let cmd = Cli::command();
+    cmd.get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_number_names_the_setting() {
+        let err = Cli::try_parse_from(["catlog-live", "produce", "--kafka-partitions", "lots"]).unwrap_err();
+        let line = one_line_error(&err);
+        assert!(line.contains("--kafka-partitions"), "{line}");
+        assert!(line.contains("KAFKA_PARTITIONS"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn rate_overrides_interval() {
+        let cli =
+            Cli::try_parse_from(["catlog-live", "produce", "--interval-ms", "5", "--rate", "100"]).unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("not produce")
+        };
+        assert_eq!(args.pace(Duration::from_secs(60)), Pace::Rate(100.0));
+    }
+
+    #[test]
+    fn broker_list_splits_on_commas() {
+        let k = KafkaArgs {
+            brokers: " a:1, b:2 ,".into(),
+            topic: "t".into(),
+        };
+        assert_eq!(k.broker_list(), vec!["a:1", "b:2"]);
+    }
+}

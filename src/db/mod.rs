@@ -1,0 +1,192 @@
+//! PostgreSQL: connection pool, creating the database when missing, and
+//! dedicated sessions for the work that needs one (advisory locks, LISTEN).
+
+mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::shutdown::OwnedTask;
+
+pub use migrate::migrate;
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    BadUrl(tokio_postgres::Error),
+    #[error("DATABASE_URL names no database (add /NAME at the end)")]
+    NoDatabaseName,
+    #[error(
+        "cannot connect to PostgreSQL at {target} (DATABASE_URL): {reason}; start PostgreSQL or fix DATABASE_URL"
+    )]
+    Unreachable { target: String, reason: String },
+    #[error(
+        "database {name:?} does not exist and could not be created: {reason}; create it, or use a user allowed to (CREATEDB)"
+    )]
+    Create { name: String, reason: String },
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+    #[error("PostgreSQL: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// Result with [`DbError`].
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// A parsed `DATABASE_URL`.
+#[derive(Debug, Clone)]
+pub struct Database {
+    config: Config,
+}
+
+impl FromStr for Database {
+    type Err = DbError;
+
+    fn from_str(url: &str) -> Result<Self> {
+        let mut config = Config::from_str(url).map_err(DbError::BadUrl)?;
+        if config.get_dbname().is_none() {
+            return Err(DbError::NoDatabaseName);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("catlog-live");
+        Ok(Self { config })
+    }
+}
+
+/// A single connection whose driver task lives as long as the client.
+pub struct Session {
+    /// The connection.
+    pub client: Client,
+    _driver: OwnedTask<()>,
+}
+
+impl Database {
+    /// The database name.
+    pub fn name(&self) -> &str {
+        self.config.get_dbname().unwrap_or_default()
+    }
+
+    /// `host:port` for messages (never the password).
+    pub fn target(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", self.name())
+    }
+
+    /// Opens one connection.
+    pub async fn session(&self) -> Result<Session> {
+        Self::open(&self.config).await
+    }
+
+    async fn open(config: &Config) -> Result<Session> {
+        let (client, connection) = config.connect(NoTls).await?;
+        let driver = OwnedTask::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "database connection closed");
+            }
+        });
+        Ok(Session {
+            client,
+            _driver: driver,
+        })
+    }
+
+    /// Checks that the database answers, creating it first when it is missing.
+    pub async fn ensure_exists(&self) -> Result<()> {
+        match self.session().await {
+            Ok(_) => Ok(()),
+            Err(DbError::Query(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+                self.create().await
+            }
+            Err(DbError::Query(e)) => Err(self.unreachable(&e)),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn unreachable(&self, error: &tokio_postgres::Error) -> DbError {
+        DbError::Unreachable {
+            target: self.target(),
+            reason: error_text(error),
+        }
+    }
+
+    async fn create(&self) -> Result<()> {
+        let name = self.name().to_owned();
+        let create_error = |reason: String| DbError::Create {
+            name: name.clone(),
+            reason,
+        };
+        let mut admin = self.config.clone();
+        admin.dbname("postgres");
+        let session = Self::open(&admin).await.map_err(|e| match e {
+            DbError::Query(e) => create_error(error_text(&e)),
+            other => other,
+        })?;
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match session.client.batch_execute(&sql).await {
+            Ok(()) => {
+                tracing::info!(database = %name, "created database");
+                Ok(())
+            }
+            // Another process created it first.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+            Err(e) => Err(create_error(error_text(&e))),
+        }
+    }
+
+    /// A pool of `size` connections; checks the database answers (creating
+    /// it if missing) and applies the migrations.
+    pub async fn connect_and_migrate(&self, size: usize) -> Result<Pool> {
+        self.ensure_exists().await?;
+        migrate(self).await?;
+        self.pool(size)
+    }
+
+    /// A pool of `size` connections, opened lazily.
+    pub fn pool(&self, size: usize) -> Result<Pool> {
+        let manager = Manager::from_config(
+            self.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Migrate(format!("building the pool: {e}")))
+    }
+}
+
+/// The most useful text of a driver error: the server's message when there is one.
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
