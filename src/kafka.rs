@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
 /// How long the first connection to the broker may take before we give up.
@@ -119,6 +119,22 @@ pub async fn partition_client(client: &Client, topic: &str, partition: i32) -> R
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
     (hash % partitions.max(1) as u32) as i32
+}
+
+/// The log end offset of a partition (the offset the next record will get).
+///
+/// Taken from a fetch's high watermark rather than from `ListOffsets`
+/// alone: some Kafka-protocol brokers (tansu 0.6) answer `Latest` with the
+/// start of the last batch instead of the end of the log.
+pub async fn end_offset(partition: &PartitionClient) -> Result<i64> {
+    let latest = partition.get_offset(OffsetAt::Latest).await?;
+    if latest == 0 {
+        return Ok(0);
+    }
+    // Fetch a record that exists (so the broker answers at once), for its
+    // high watermark.
+    let (_, high_watermark) = partition.fetch_records(latest - 1, 1..1_048_576, 100).await?;
+    Ok(high_watermark.max(latest))
 }
 
 /// Whether an error says the requested offset is outside what the broker holds.

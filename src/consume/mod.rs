@@ -26,6 +26,7 @@ use rskafka::client::Client;
 use rskafka::client::partition::OffsetAt;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StartFrom;
@@ -34,7 +35,7 @@ use crate::event::Event;
 use crate::kafka;
 use crate::retry::Backoff;
 use crate::shutdown::OwnedTask;
-pub use store::{Batch, DeadLetter, Row, Written};
+pub use store::{Batch, DeadLetter, Mode, Row, Written};
 
 /// Fetched chunks waiting for the writer; a full queue pauses the fetchers.
 const QUEUE_DEPTH: usize = 16;
@@ -153,11 +154,17 @@ async fn fetch_loop(
                 backoff.reset();
                 metrics::gauge!("catlog_consumer_fetch_lag", "partition" => partition.to_string())
                     .set((high_watermark - offset).max(0) as f64);
-                let records: Vec<_> = records.into_iter().filter(|r| r.offset >= offset).collect();
+                let mut records: Vec<_> = records.into_iter().filter(|r| r.offset >= offset).collect();
                 let Some(last) = records.last() else { continue };
                 offset = last.offset + 1;
-                if queue.send(Fetched { partition, records }).await.is_err() {
-                    return;
+                // At most one batch per message, so a large fetch still
+                // commits in batch-sized transactions.
+                while !records.is_empty() {
+                    let rest = records.split_off(records.len().min(settings.batch_size));
+                    if queue.send(Fetched { partition, records }).await.is_err() {
+                        return;
+                    }
+                    records = rest;
                 }
             }
             Err(e) if kafka::is_offset_out_of_range(&e) => {
@@ -203,11 +210,13 @@ async fn start_offset(
     if let Some(row) = stored {
         return Ok(row.get(0));
     }
-    let at = match settings.start_from {
-        StartFrom::Earliest => OffsetAt::Earliest,
-        StartFrom::Latest => OffsetAt::Latest,
-    };
-    client.get_offset(at).await.map_err(|e| e.to_string())
+    match settings.start_from {
+        StartFrom::Earliest => client
+            .get_offset(OffsetAt::Earliest)
+            .await
+            .map_err(|e| e.to_string()),
+        StartFrom::Latest => kafka::end_offset(client).await.map_err(|e| e.to_string()),
+    }
 }
 
 /// Drains the queue into batches and commits them until the queue closes or
@@ -304,10 +313,15 @@ async fn commit_with_retry(
                 tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
                 return commit_one_by_one(settings, pool, batch, shutdown).await;
             }
+            Err(CommitError::Data(reason)) if batch.is_empty() => {
+                tracing::warn!(%reason, "cannot store offsets; retrying");
+            }
             Err(CommitError::Data(reason)) => {
                 let dead = rejected(batch, &reason);
                 return Box::pin(commit_with_retry(settings, pool, &dead, shutdown)).await;
             }
+            // (A duplicate is only reported in Fresh mode, which `commit` retries.)
+            Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
             Err(CommitError::Unavailable(error)) => {
                 tracing::warn!(%error, "cannot commit batch; retrying");
             }
@@ -375,6 +389,8 @@ fn rejected(batch: &Batch, reason: &str) -> Batch {
 }
 
 enum CommitError {
+    /// Some record of the batch is stored already.
+    Duplicate,
     /// The database refused the data itself (SQLSTATE class 22 or 23).
     Data(String),
     /// Anything else: connection, pool, server restarting.
@@ -382,22 +398,33 @@ enum CommitError {
 }
 
 async fn commit(settings: &ConsumerSettings, pool: &Pool, batch: &Batch) -> Result<Written, CommitError> {
-    let classify = |e: tokio_postgres::Error| {
-        let data = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
-        if data {
+    match commit_in(settings, pool, batch, Mode::Fresh).await {
+        // Some record is stored already (a replay, or a partition that just
+        // changed hands): write again, skipping what is there.
+        Err(CommitError::Duplicate) => commit_in(settings, pool, batch, Mode::SkipStored).await,
+        other => other,
+    }
+}
+
+async fn commit_in(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    batch: &Batch,
+    mode: Mode,
+) -> Result<Written, CommitError> {
+    let classify = |e: tokio_postgres::Error| match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION && mode == Mode::Fresh => CommitError::Duplicate,
+        Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
             CommitError::Data(error_text(&e))
-        } else {
-            CommitError::Unavailable(error_text(&e))
         }
+        _ => CommitError::Unavailable(error_text(&e)),
     };
     let mut db = pool
         .get()
         .await
         .map_err(|e| CommitError::Unavailable(e.to_string()))?;
     let tx = db.transaction().await.map_err(classify)?;
-    let written = store::write(&tx, &settings.group, &settings.topic, batch)
+    let written = store::write(&tx, &settings.group, &settings.topic, batch, mode)
         .await
         .map_err(classify)?;
     tx.commit().await.map_err(classify)?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use tokio_postgres::{Client as PgClient, NoTls};
@@ -228,7 +228,7 @@ impl TestTopic {
         let mut out = Vec::new();
         for p in 0..self.partitions {
             let client = self.partition(p).await;
-            let end = client.get_offset(OffsetAt::Latest).await.unwrap();
+            let end = catlog_live::kafka::end_offset(&client).await.unwrap();
             let mut offset = 0;
             while offset < end {
                 let (records, _) = client.fetch_records(offset, 1..4_000_000, 1_000).await.unwrap();

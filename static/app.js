@@ -1,0 +1,456 @@
+// CatLog Live – browser client. Vanilla JS, no build step.
+// The server renders the initial feed/trending markup; this script keeps it
+// live over a WebSocket using exactly the same markup (see templates/index.html).
+(function () {
+  "use strict";
+
+  const MAX_FEED = 50;
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 15000;
+  const OFFLINE_AFTER_FAILURES = 5;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const TYPE_LABELS = { SCORE_UPDATE: "Score", MEMBER_UPDATE: "Members", TRENDING_CHANGE: "Trending" };
+  const ARROWS = { up: "▲", down: "▼", flat: "•" };
+
+  const $ = (id) => document.getElementById(id);
+  const body = document.body;
+  const feed = $("feed");
+  const trending = $("trending");
+  const panel = $("anime-panel");
+  const chart = $("anime-chart");
+
+  const state = {
+    lastId: Number(body.dataset.lastId) || 0, // highest history id seen
+    followed: null,        // malId shown in the detail panel, or null
+    socket: null,
+    everOpened: false,     // true once any socket has opened (=> later opens are reconnects)
+    haveSnapshot: false,   // true once a snapshot was applied; next snapshot merges instead of replacing
+    failures: 0,           // consecutive connection attempts that never opened
+    retryTimer: null,
+  };
+
+  // ---------------------------------------------------------------- helpers
+
+  /** Create an element: el("span", { class: "x", "data-id": 1 }, child, "text"). */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined) node.setAttribute(name, String(value));
+    }
+    node.append(...children);
+    return node;
+  }
+
+  function svgEl(tag, attrs, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const isNum = (n) => n !== null && n !== undefined && n !== "" && Number.isFinite(Number(n));
+  const fmtInt = (n) => (isNum(n) ? Number(n).toLocaleString("en-US") : "–");
+  const fmtFixed = (n, digits) => (isNum(n) ? Number(n).toFixed(digits) : "–");
+
+  /** "+0.05" → up, "-1.2" → down, "0" / "+0.00" → flat. */
+  function changeDirection(change) {
+    const text = String(change ?? "").trim();
+    if (text.startsWith("-")) return "down";
+    const value = parseFloat(text);
+    return !value ? "flat" : "up"; // 0 and NaN are flat
+  }
+
+  /** "just now", "12 s ago", "3 min ago", "2 h ago", "4 d ago". */
+  function relativeTime(iso, now) {
+    const seconds = Math.floor((now - Date.parse(iso)) / 1000);
+    if (!Number.isFinite(seconds)) return "";
+    if (seconds < 5) return "just now"; // also covers small clock skew into the future
+    if (seconds < 60) return `${seconds} s ago`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+    if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+    return `${Math.floor(seconds / 86400)} d ago`;
+  }
+
+  function timeEl(iso) {
+    const node = el("time", { class: "ago", datetime: iso }, relativeTime(iso, Date.now()));
+    const date = new Date(iso);
+    if (!Number.isNaN(date.getTime())) node.title = date.toLocaleString();
+    return node;
+  }
+
+  /** Refresh every relative timestamp (called once a second). */
+  function tick() {
+    const now = Date.now();
+    for (const node of document.querySelectorAll("time.ago[datetime]")) {
+      const text = relativeTime(node.getAttribute("datetime"), now);
+      if (node.textContent !== text) node.textContent = text;
+    }
+  }
+
+  // ---------------------------------------------------------------- feed
+
+  /** Normalise an `update` message ({id, event}) into the fields the markup needs. */
+  function updateView(msg) {
+    const e = msg.event || {};
+    let value = e.currentScore ?? "–";
+    if (e.eventType === "MEMBER_UPDATE") value = fmtInt(e.liveMembers);
+    else if (e.eventType === "TRENDING_CHANGE") value = isNum(e.trendingRank) ? `#${e.trendingRank}` : "–";
+    const change = String(e.popularityChange ?? "0");
+    return {
+      id: Number(msg.id), malId: e.malId, title: e.title || `#${e.malId}`,
+      eventType: e.eventType, label: TYPE_LABELS[e.eventType] || String(e.eventType || "Update"),
+      value, change, direction: changeDirection(change), timestamp: e.timestamp,
+    };
+  }
+
+  function animeLink(malId, title) {
+    return el("button", { type: "button", class: "anime-link", "data-mal-id": malId }, title);
+  }
+
+  function updateItem(v) {
+    return el("li", { class: `update ${v.direction}`, "data-id": v.id, "data-mal-id": v.malId },
+      animeLink(v.malId, v.title),
+      el("span", { class: "event-type", "data-event-type": v.eventType }, v.label),
+      el("span", { class: "value" }, v.value),
+      el("span", { class: `change ${v.direction}` },
+        el("span", { class: "arrow", "aria-hidden": "true" }, ARROWS[v.direction]), ` ${v.change}`),
+      timeEl(v.timestamp));
+  }
+
+  const noteId = (id) => { if (Number.isFinite(id) && id > state.lastId) state.lastId = id; };
+
+  const syncFeedEmpty = () => { $("feed-empty").hidden = feed.children.length > 0; };
+
+  /**
+   * Insert one update, newest first, unless its id is already shown.
+   * Normally this is a plain prepend; ordered insertion keeps the list
+   * correct when a reconnect snapshot merges in slightly older items.
+   */
+  function addUpdate(msg, highlight) {
+    const v = updateView(msg);
+    if (!Number.isFinite(v.id) || feed.querySelector(`li[data-id="${v.id}"]`)) return;
+    noteId(v.id);
+    const item = updateItem(v);
+    if (highlight) {
+      item.classList.add("fresh");
+      item.addEventListener("animationend", () => item.classList.remove("fresh"), { once: true });
+    }
+    let before = feed.firstElementChild;
+    while (before && Number(before.dataset.id) > v.id) before = before.nextElementSibling;
+    feed.insertBefore(item, before);
+    while (feed.children.length > MAX_FEED) feed.lastElementChild.remove();
+    syncFeedEmpty();
+  }
+
+  function replaceFeed(updates) {
+    const items = updates.slice(0, MAX_FEED).map((msg) => {
+      noteId(Number(msg.id));
+      return updateItem(updateView(msg));
+    });
+    feed.replaceChildren(...items);
+    syncFeedEmpty();
+  }
+
+  // ---------------------------------------------------------------- trending
+
+  function movementBadge(item) {
+    if (item.previousRank === null || item.previousRank === undefined) {
+      return el("span", { class: "movement new", role: "img", "aria-label": "New entry" }, "NEW");
+    }
+    const moved = item.previousRank - item.rank;
+    if (moved > 0) return el("span", { class: "movement up", role: "img", "aria-label": `Up ${moved}` }, `▲${moved}`);
+    if (moved < 0) return el("span", { class: "movement down", role: "img", "aria-label": `Down ${-moved}` }, `▼${-moved}`);
+    return el("span", { class: "movement same", role: "img", "aria-label": "No change" }, "–");
+  }
+
+  function trendingItem(item) {
+    const pair = (label, cls, text) =>
+      el("span", { class: "pair" }, el("span", { class: "label" }, label), " ", el("span", { class: cls }, text));
+    const meta = el("span", { class: "t-meta" },
+      pair("Score", "score", fmtFixed(item.score, 2)), " ",
+      pair("Members", "members", fmtInt(item.members)), " ",
+      pair("Momentum", "momentum", fmtFixed(item.momentum, 1)));
+    return el("li", { "data-mal-id": item.malId },
+      el("span", { class: "rank" }, String(item.rank)),
+      el("div", { class: "t-main" }, animeLink(item.malId, item.title || `#${item.malId}`), meta),
+      movementBadge(item));
+  }
+
+  function renderTrending(items) {
+    // Rebuilding destroys the focused button, so remember and restore keyboard focus.
+    const focused = trending.contains(document.activeElement) ? document.activeElement.dataset.malId : null;
+    trending.replaceChildren(...(items || []).map(trendingItem));
+    $("trending-empty").hidden = trending.children.length > 0;
+    if (focused) {
+      const again = trending.querySelector(`button.anime-link[data-mal-id="${focused}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  // ---------------------------------------------------------------- detail panel
+
+  const setText = (id, text) => { $(id).textContent = text; };
+
+  function showLoading(title) {
+    panel.hidden = false;
+    panel.setAttribute("aria-busy", "true");
+    setText("anime-title", "Loading…");
+    setText("anime-sub", title || "");
+    for (const id of ["anime-score", "anime-members", "anime-rank", "anime-events", "anime-last-update"]) setText(id, "–");
+    chart.replaceChildren();
+    $("anime-title").focus();
+  }
+
+  function renderPanel(msg) {
+    const c = msg.current || {};
+    panel.hidden = false;
+    panel.removeAttribute("aria-busy");
+    setText("anime-title", c.title || `Anime #${msg.malId}`);
+    setText("anime-sub", `MAL #${msg.malId}` + (c.popularityChange ? ` · last change ${c.popularityChange}` : ""));
+    setText("anime-score", c.currentScore ?? "–");
+    setText("anime-members", fmtInt(c.liveMembers));
+    setText("anime-rank", isNum(c.trendingRank) ? `#${c.trendingRank}` : "–");
+    setText("anime-events", fmtInt(c.eventCount));
+    $("anime-last-update").replaceChildren(c.lastUpdate ? timeEl(c.lastUpdate) : "–");
+    drawChart(msg.history || []);
+  }
+
+  // Chart geometry (viewBox 0 0 320 120): score labels on the left,
+  // members labels on the right, legend along the top.
+  const PLOT = { x0: 36, x1: 256, y0: 24, y1: 106 };
+
+  /** History is newest first; returns oldest-first {t, v} points for one field. */
+  function series(history, field) {
+    return history.slice().reverse()
+      .filter((h) => isNum(h[field]))
+      .map((h) => ({ t: Date.parse(h.timestamp), v: Number(h[field]) }))
+      .filter((p) => Number.isFinite(p.t));
+  }
+
+  /**
+   * Path for one series, scaled to its own min/max. x is shared (by time)
+   * across both series; a single point becomes a flat line across the plot.
+   */
+  function linePath(points, tMin, tMax) {
+    if (points.length === 0) return { d: "", min: null, max: null };
+    const vals = points.map((p) => p.v);
+    const min = Math.min(...vals);
+    const max = Math.max(...vals);
+    const y = (v) => (max === min ? (PLOT.y0 + PLOT.y1) / 2 : PLOT.y1 - ((v - min) / (max - min)) * (PLOT.y1 - PLOT.y0));
+    if (points.length === 1) {
+      const yy = y(points[0].v).toFixed(1);
+      return { d: `M${PLOT.x0} ${yy} L${PLOT.x1} ${yy}`, min, max };
+    }
+    const span = tMax - tMin;
+    const x = (p, i) => PLOT.x0 + (span > 0 ? (p.t - tMin) / span : i / (points.length - 1)) * (PLOT.x1 - PLOT.x0);
+    const d = points.map((p, i) => `${i ? "L" : "M"}${x(p, i).toFixed(1)} ${y(p.v).toFixed(1)}`).join(" ");
+    return { d, min, max };
+  }
+
+  function drawChart(history) {
+    const score = series(history, "currentScore");
+    const members = series(history, "liveMembers");
+    const times = score.concat(members).map((p) => p.t);
+    const tMin = Math.min(...times);
+    const tMax = Math.max(...times);
+    const s = linePath(score, tMin, tMax);
+    const m = linePath(members, tMin, tMax);
+    const fmtScore = (v) => String(v); // scores arrive as decimal strings like "9.08"
+
+    const nodes = [
+      // Legend: colour plus dash pattern, so the series differ without colour.
+      svgEl("line", { class: "key score", x1: PLOT.x0, y1: 10, x2: PLOT.x0 + 14, y2: 10 }),
+      svgEl("text", { class: "legend", x: PLOT.x0 + 18, y: 13 }, "Score"),
+      svgEl("line", { class: "key members", x1: PLOT.x0 + 70, y1: 10, x2: PLOT.x0 + 84, y2: 10 }),
+      svgEl("text", { class: "legend", x: PLOT.x0 + 88, y: 13 }, "Members"),
+      svgEl("path", { class: "line score", d: s.d }),
+      svgEl("path", { class: "line members", d: m.d }),
+    ];
+    if (s.min !== null) {
+      nodes.push(svgEl("text", { class: "axis score", x: PLOT.x0 - 4, y: PLOT.y0 + 4, "text-anchor": "end" }, fmtScore(s.max)));
+      nodes.push(svgEl("text", { class: "axis score", x: PLOT.x0 - 4, y: PLOT.y1, "text-anchor": "end" }, fmtScore(s.min)));
+    }
+    if (m.min !== null) {
+      nodes.push(svgEl("text", { class: "axis members", x: PLOT.x1 + 4, y: PLOT.y0 + 4 }, fmtInt(m.max)));
+      nodes.push(svgEl("text", { class: "axis members", x: PLOT.x1 + 4, y: PLOT.y1 }, fmtInt(m.min)));
+    }
+    const sparse = [];
+    if (score.length < 2) sparse.push("score");
+    if (members.length < 2) sparse.push("members");
+    if (sparse.length) {
+      nodes.push(svgEl("text", { class: "note", x: (PLOT.x0 + PLOT.x1) / 2, y: 118, "text-anchor": "middle" },
+        `Not enough data yet for ${sparse.join(" and ")}`));
+    }
+    chart.replaceChildren(...nodes);
+
+    const describe = (name, sr, fmt) => (sr.min === null ? `no ${name} data` : `${name} between ${fmt(sr.min)} and ${fmt(sr.max)}`);
+    chart.setAttribute("aria-label",
+      `Chart of the last ${history.length} events: ${describe("score", s, fmtScore)}; ${describe("members", m, fmtInt)}.`);
+  }
+
+  // ---------------------------------------------------------------- following
+
+  function send(message) {
+    const ws = state.socket;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+  }
+
+  function follow(malId, title) {
+    if (!Number.isFinite(malId)) return;
+    if (malId === state.followed) {
+      $("anime-title").focus(); // already shown: just bring it into view
+      return;
+    }
+    if (state.followed !== null) send({ type: "unsubscribe", malId: state.followed });
+    state.followed = malId;
+    send({ type: "subscribe", malId }); // if offline, onOpen re-sends it
+    showLoading(title);
+  }
+
+  function closePanel() {
+    const closed = state.followed;
+    if (closed !== null) send({ type: "unsubscribe", malId: closed });
+    state.followed = null;
+    panel.hidden = true;
+    // Return focus to a button for the same anime if one is still on screen.
+    const back = document.querySelector(`button.anime-link[data-mal-id="${closed}"]`) || feed;
+    back.focus();
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  const handlers = {
+    snapshot(msg) {
+      const updates = msg.updates || [];
+      if (state.haveSnapshot) {
+        // Reconnect: keep what we have and merge in anything we missed.
+        updates.forEach((u) => addUpdate(u, true));
+      } else {
+        replaceFeed(updates);
+      }
+      noteId(Number(msg.lastId));
+      renderTrending(msg.trending);
+      state.haveSnapshot = true;
+    },
+    update: (msg) => addUpdate(msg, true),
+    trending: (msg) => renderTrending(msg.items),
+    stats(msg) {
+      setText("stats-connections", fmtInt(msg.connections));
+      setText("stats-events", fmtInt(msg.eventsLastMinute));
+    },
+    anime: (msg) => msg.malId === state.followed && renderPanel(msg),
+    resync(msg) {
+      // Server says our view is unreliable: forget it; the next snapshot replaces everything.
+      console.info("resync requested by server:", msg.reason);
+      state.haveSnapshot = false;
+      state.lastId = 0;
+    },
+    error: (msg) => console.error("server error:", msg.error),
+  };
+
+  function onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (err) {
+      console.warn("ignoring non-JSON frame", err);
+      return;
+    }
+    const handler = msg && handlers[msg.type];
+    if (handler) handler(msg);
+    else console.debug("ignoring unknown message type", msg && msg.type);
+  }
+
+  // ---------------------------------------------------------------- socket lifecycle
+
+  const STATUS_TEXT = { connecting: "Connecting…", connected: "Live", reconnecting: "Reconnecting…", offline: "Offline" };
+
+  function setStatus(name) {
+    const node = $("status");
+    if (node.dataset.state === name) return; // avoid repeated screen-reader announcements
+    node.dataset.state = name;
+    node.textContent = STATUS_TEXT[name];
+  }
+
+  function socketUrl() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + location.host + "/ws" + (body.dataset.tokenQuery || "");
+  }
+
+  function connect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch (err) {
+      console.error("cannot open WebSocket", err);
+      state.failures += 1;
+      scheduleReconnect();
+      return;
+    }
+    state.socket = ws;
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      onOpen(ws);
+    });
+    ws.addEventListener("message", (ev) => {
+      if (ws === state.socket) onMessage(ev.data);
+    });
+    // "error" is always followed by "close"; handle both but only once per socket.
+    const lost = () => {
+      if (ws !== state.socket) return;
+      state.socket = null;
+      if (!opened) state.failures += 1;
+      scheduleReconnect();
+    };
+    ws.addEventListener("close", lost);
+    ws.addEventListener("error", lost);
+  }
+
+  function onOpen(ws) {
+    if (ws !== state.socket) return;
+    const isReconnect = state.everOpened;
+    state.everOpened = true;
+    state.failures = 0;
+    setStatus("connected");
+    if (isReconnect && state.lastId > 0) send({ type: "resume", lastId: state.lastId });
+    if (state.followed !== null) send({ type: "subscribe", malId: state.followed });
+  }
+
+  /** Exponential backoff 0.5 s → 15 s with ±20 % jitter; "offline" after 5 failures in a row. */
+  function scheduleReconnect() {
+    setStatus(state.failures >= OFFLINE_AFTER_FAILURES ? "offline" : "reconnecting");
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.failures);
+    const delay = Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
+    clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(connect, delay);
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  // One delegated listener serves every title button, present and future.
+  // Buttons already turn Enter/Space into clicks.
+  document.addEventListener("click", (ev) => {
+    const target = ev.target instanceof Element ? ev.target : null;
+    if (!target) return;
+    const link = target.closest("button.anime-link");
+    if (link) {
+      follow(Number(link.dataset.malId), link.textContent.trim());
+    } else if (target.closest("#anime-close")) {
+      closePanel();
+    }
+  });
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !panel.hidden && panel.contains(document.activeElement)) closePanel();
+  });
+
+  // Back online: retry right away instead of waiting out the backoff.
+  window.addEventListener("online", () => state.socket || connect());
+
+  tick();
+  setInterval(tick, 1000);
+  connect();
+})();

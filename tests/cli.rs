@@ -1,0 +1,133 @@
+//! What a person sees at the command line: help that explains every option,
+//! and one clear line (never a panic) for a wrong setting.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catlog-live"));
+    cmd.args(args).env_remove("RUST_BACKTRACE").env("RUST_LOG", "off");
+    for name in [
+        "KAFKA_BROKER",
+        "DATABASE_URL",
+        "KAFKA_PARTITIONS",
+        "PRODUCER_RATE",
+    ] {
+        cmd.env_remove(name);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Exit code non-zero, one line on stderr containing every word in `words`.
+fn assert_one_line_error(out: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line, got: {stderr}");
+    for word in words {
+        assert!(stderr.contains(word), "{word:?} missing from: {stderr}");
+    }
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_explains_every_option_with_its_variable_and_default() {
+    let out = run(&["produce", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in [
+        "KAFKA_BROKER",
+        "localhost:9092",
+        "KAFKA_TOPIC",
+        "anime-popularity",
+        "KAFKA_PARTITIONS",
+        "PRODUCER_INTERVAL_MS",
+        "60000",
+        "PRODUCER_RATE",
+        "PRODUCER_MAX_EVENTS",
+        "PRODUCER_SEED",
+    ] {
+        assert!(help.contains(text), "{text} missing from produce --help:\n{help}");
+    }
+    let help = String::from_utf8_lossy(&run(&["consume", "--help"], &[]).stdout).into_owned();
+    for text in [
+        "DATABASE_URL",
+        "postgres://postgres@localhost:5432/catlog",
+        "CONSUMER_GROUP_ID",
+        "catlog-live",
+    ] {
+        assert!(help.contains(text), "{text} missing from consume --help:\n{help}");
+    }
+}
+
+#[test]
+fn bad_number_in_the_environment_names_the_variable() {
+    let out = run(&["produce"], &[("KAFKA_PARTITIONS", "three")]);
+    assert_one_line_error(&out, &["KAFKA_PARTITIONS", "three"]);
+    let out = run(&["produce"], &[("PRODUCER_RATE", "-4")]);
+    assert_one_line_error(&out, &["PRODUCER_RATE"]);
+}
+
+#[test]
+fn bad_database_url_names_the_setting() {
+    let out = run(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://localhost:notaport/x")],
+    );
+    assert_one_line_error(&out, &["DATABASE_URL"]);
+}
+
+#[test]
+fn unreachable_database_says_how_to_fix_it() {
+    let out = run(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/catlog")],
+    );
+    assert_one_line_error(&out, &["DATABASE_URL", "127.0.0.1:1", "start PostgreSQL"]);
+}
+
+#[test]
+fn unreachable_broker_says_how_to_fix_it() {
+    let out = run(
+        &["produce", "--max-events", "1"],
+        &[("KAFKA_BROKER", "127.0.0.1:1")],
+    );
+    assert_one_line_error(&out, &["KAFKA_BROKER", "127.0.0.1:1"]);
+}
+
+#[test]
+fn missing_catalog_file_is_one_line() {
+    let out = run(&["produce", "--catalog", "/nonexistent/anime.csv"], &[]);
+    assert_one_line_error(&out, &["/nonexistent/anime.csv"]);
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_is_safe_to_run_concurrently() {
+    let db = common::TestDb::new();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_catlog-live"))
+                .arg("migrate")
+                .env("DATABASE_URL", &db.url)
+                .env("RUST_LOG", "warn")
+                .output()
+        })
+        .collect();
+    for out in children {
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tables = db
+        .count(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN \
+             ('live_popularity', 'popularity_events', 'consumer_offsets', 'dead_letters', 'LivePopularity')",
+        )
+        .await;
+    assert_eq!(tables, 5);
+}
