@@ -1,21 +1,35 @@
 //! What each command does, composed from the stage modules. `main` only
-//! parses, starts tracing and calls one of these.
+//! parses, starts tracing and calls one of these; `all` is the other three
+//! joined, not a fourth implementation.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use deadpool_postgres::Pool;
+use rskafka::client::Client;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConsumeArgs, DbArgs, ProduceArgs};
+use crate::config::{
+    AllArgs, ConsumeArgs, ConsumerOptions, DbArgs, GroupArgs, KafkaArgs, ProduceArgs, ProducerOptions,
+    ServeArgs, ServerOptions,
+};
 use crate::consume::{self, ConsumerSettings};
 use crate::db::Database;
+use crate::serve::{self, FollowSettings};
 use crate::{kafka, produce};
 
 /// The pause between events of `produce` when none is configured.
 pub const PRODUCE_DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// The pause between events of `all` when none is configured.
+pub const ALL_DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Connections a consumer keeps open.
 const CONSUMER_POOL_SIZE: usize = 4;
+/// Connections a server keeps open.
+const SERVER_POOL_SIZE: usize = 16;
 
 /// `migrate`: creates the database if needed and applies the migrations.
 pub async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
@@ -27,14 +41,28 @@ pub async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
 }
 
 /// `produce`: publishes simulated events until done or shut down.
-pub async fn produce(
-    args: &ProduceArgs,
+pub async fn produce(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    produce::catalog(&args.producer)?; // a bad catalog file fails before any connection
+    let client = kafka::connect(&args.kafka.broker_list()).await?;
+    run_producer(
+        &args.kafka,
+        &args.producer,
+        PRODUCE_DEFAULT_INTERVAL,
+        client,
+        shutdown,
+    )
+    .await
+}
+
+async fn run_producer(
+    kafka: &KafkaArgs,
+    options: &ProducerOptions,
     default_interval: Duration,
+    client: Arc<Client>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    produce::catalog(args)?; // a bad catalog file fails before any connection
-    let client = kafka::connect(&args.kafka.broker_list()).await?;
-    produce::run(args, args.pace(default_interval), client, shutdown).await?;
+    let pace = options.pace(default_interval);
+    produce::run(&kafka.topic, options, pace, client, shutdown).await?;
     Ok(())
 }
 
@@ -43,17 +71,166 @@ pub async fn consume(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow:
     let db: Database = args.db.database_url.parse()?;
     let pool = db.connect_and_migrate(CONSUMER_POOL_SIZE).await?;
     let client = kafka::connect(&args.kafka.broker_list()).await?;
+    run_consumer(
+        &args.kafka,
+        &args.group,
+        &args.consumer,
+        db,
+        pool,
+        client,
+        shutdown,
+    )
+    .await
+}
+
+async fn run_consumer(
+    kafka: &KafkaArgs,
+    group: &GroupArgs,
+    options: &ConsumerOptions,
+    db: Database,
+    pool: Pool,
+    client: Arc<Client>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = ConsumerSettings {
-        group: args.group_id.clone(),
-        topic: args.kafka.topic.clone(),
-        start_from: args.start_from,
-        batch_size: args.batch_size as usize,
+        group: group.group_id.clone(),
+        topic: kafka.topic.clone(),
+        start_from: options.start_from,
+        batch_size: options.batch_size as usize,
     };
-    kafka::partitions(&client, &settings.topic)
+    if kafka::partitions(&client, &settings.topic)
         .await
         .context("listing the topic's partitions")?
         .is_none()
-        .then(|| tracing::warn!(topic = %settings.topic, "topic does not exist yet; waiting for a producer to create it"));
+    {
+        tracing::warn!(topic = %settings.topic, "topic does not exist yet; waiting for a producer to create it");
+    }
     consume::run(settings, db, pool, client, shutdown).await;
+    Ok(())
+}
+
+/// `serve`: migrates, then serves until shut down. The broker is optional
+/// (it only gives consumer lag).
+pub async fn serve(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let db: Database = args.db.database_url.parse()?;
+    let pool = db.connect_and_migrate(SERVER_POOL_SIZE).await?;
+    let client = match kafka::connect(&args.kafka.broker_list()).await {
+        Ok(client) => Some(client),
+        Err(error) => {
+            tracing::warn!(%error, "serving without consumer lag");
+            None
+        }
+    };
+    let listener = serve::bind(args.server.listen_addr).await?;
+    run_server(
+        &args.kafka,
+        &args.group,
+        &args.server,
+        db,
+        pool,
+        client,
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_server(
+    kafka: &KafkaArgs,
+    group: &GroupArgs,
+    options: &ServerOptions,
+    db: Database,
+    pool: Pool,
+    client: Option<Arc<Client>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = FollowSettings {
+        group: group.group_id.clone(),
+        topic: kafka.topic.clone(),
+        broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        println!("catlog-live is live at {}", page_url(addr));
+    }
+    serve::run(settings, db, pool, client, listener, shutdown).await?;
+    Ok(())
+}
+
+/// The URL a person opens for `addr`.
+pub fn page_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}/", addr.port())
+}
+
+/// `all`: produce, consume and serve in one process until shut down; the
+/// first stage to fail stops the others.
+pub async fn all(args: &AllArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    produce::catalog(&args.producer)?;
+    let db: Database = args.db.database_url.parse()?;
+    let pool = db
+        .connect_and_migrate(CONSUMER_POOL_SIZE + SERVER_POOL_SIZE)
+        .await?;
+    let client = kafka::connect(&args.kafka.broker_list()).await?;
+    kafka::ensure_topic(&client, &args.kafka.topic, args.producer.partitions).await?;
+    let listener = serve::bind(args.server.listen_addr).await?;
+    serve::metrics::handle();
+
+    let stop = shutdown.child_token();
+    let stage = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let (produced, consumed, served) = tokio::join!(
+        async {
+            stage(
+                run_producer(
+                    &args.kafka,
+                    &args.producer,
+                    ALL_DEFAULT_INTERVAL,
+                    client.clone(),
+                    stop.clone(),
+                )
+                .await,
+            )
+        },
+        async {
+            let result = run_consumer(
+                &args.kafka,
+                &args.group,
+                &args.consumer,
+                db.clone(),
+                pool.clone(),
+                client.clone(),
+                stop.clone(),
+            )
+            .await;
+            stage(result)
+        },
+        async {
+            let result = run_server(
+                &args.kafka,
+                &args.group,
+                &args.server,
+                db.clone(),
+                pool.clone(),
+                Some(client.clone()),
+                listener,
+                stop.clone(),
+            )
+            .await;
+            stage(result)
+        },
+    );
+    produced.context("produce")?;
+    consumed.context("consume")?;
+    served.context("serve")?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The command line. Every option is a flag and an environment variable; the
 //! doc comments below are the `--help` text.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,6 +26,11 @@ pub enum Command {
     /// Read the topic and write PostgreSQL exactly once (current state,
     /// history, offsets and dead letters in one transaction per batch).
     Consume(ConsumeArgs),
+    /// Serve the live page, the WebSocket feed, the REST API, health and metrics.
+    Serve(ServeArgs),
+    /// Run produce, consume and serve together in one process (a demo:
+    /// one event a second by default); prints the page's URL.
+    All(AllArgs),
     /// Apply the SQL migrations and exit (the other commands also migrate at start).
     Migrate(DbArgs),
 }
@@ -83,6 +89,13 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
+    #[command(flatten)]
+    pub producer: ProducerOptions,
+}
+
+/// How the simulator runs.
+#[derive(Debug, Clone, Args)]
+pub struct ProducerOptions {
     /// Partitions when the topic is created.
     #[arg(long = "kafka-partitions", env = "KAFKA_PARTITIONS", default_value_t = 3, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -111,7 +124,7 @@ pub struct ProduceArgs {
     pub catalog: Option<PathBuf>,
 }
 
-impl ProduceArgs {
+impl ProducerOptions {
     /// How events are paced, with `default_interval` when no interval was given.
     pub fn pace(&self, default_interval: Duration) -> Pace {
         match (self.rate, self.interval_ms) {
@@ -140,6 +153,32 @@ pub enum StartFrom {
     Latest,
 }
 
+/// The consumer group.
+#[derive(Debug, Clone, Args)]
+pub struct GroupArgs {
+    /// Names whose offsets these are; consumers with the same group share the partitions.
+    #[arg(
+        long = "group-id",
+        env = "CONSUMER_GROUP_ID",
+        default_value = "catlog-live",
+        value_name = "NAME"
+    )]
+    pub group_id: String,
+}
+
+/// How the consumer runs.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerOptions {
+    /// Where a group with no stored offset starts.
+    #[arg(long = "start-from", env = "CONSUMER_START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
+    pub start_from: StartFrom,
+
+    /// Most records written in one transaction.
+    #[arg(long = "batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 5000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+}
+
 /// Options of `consume`.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumeArgs {
@@ -149,23 +188,68 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// Names whose offsets these are; consumers with the same group share the partitions.
+    #[command(flatten)]
+    pub group: GroupArgs,
+
+    #[command(flatten)]
+    pub consumer: ConsumerOptions,
+}
+
+/// How the web server runs.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOptions {
+    /// HTTP and WebSocket address.
     #[arg(
-        long = "group-id",
-        env = "CONSUMER_GROUP_ID",
-        default_value = "catlog-live",
-        value_name = "NAME"
+        long = "listen-addr",
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:3001",
+        value_name = "HOST:PORT"
     )]
-    pub group_id: String,
+    pub listen_addr: SocketAddr,
 
-    /// Where a group with no stored offset starts.
-    #[arg(long = "start-from", env = "CONSUMER_START_FROM", value_enum, default_value_t = StartFrom::Earliest)]
-    pub start_from: StartFrom,
+    /// Period of the trending and stats broadcast to every client, in milliseconds.
+    #[arg(long = "broadcast-interval-ms", env = "BROADCAST_INTERVAL_MS", default_value_t = 30_000,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
+    pub broadcast_interval_ms: u64,
+}
 
-    /// Most records written in one transaction.
-    #[arg(long = "batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 5000, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub batch_size: u32,
+/// Options of `serve`. The broker is only asked for consumer lag; the group
+/// names whose lag is shown.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub group: GroupArgs,
+
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+/// Options of `all`: those of the three stages.
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub group: GroupArgs,
+
+    #[command(flatten)]
+    pub producer: ProducerOptions,
+
+    #[command(flatten)]
+    pub consumer: ConsumerOptions,
+
+    #[command(flatten)]
+    pub server: ServerOptions,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -233,7 +317,7 @@ mod tests {
         let Command::Produce(args) = cli.command else {
             panic!("not produce")
         };
-        assert_eq!(args.pace(Duration::from_secs(60)), Pace::Rate(100.0));
+        assert_eq!(args.producer.pace(Duration::from_secs(60)), Pace::Rate(100.0));
     }
 
     #[test]

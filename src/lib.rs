@@ -17,6 +17,7 @@
 //! * [`db`] — the connection pool, database creation and migrations.
 //! * [`consume`] — partition leases, fetching, and the exactly-once batch writer.
 //! * [`retry`] — backoff for the loops that retry lost connections.
+//! * [`serve`] — the live page, WebSocket feed, REST API, health and metrics.
 //! * [`shutdown`] — SIGINT/SIGTERM turned into a cancellation token.
 //!
 //! Every long-running function takes its dependencies and a
@@ -31,4 +32,5 @@ pub mod event;
 pub mod kafka;
 pub mod produce;
 pub mod retry;
+pub mod serve;
 pub mod shutdown;

@@ -38,8 +38,10 @@ async fn main() -> ExitCode {
 
     let shutdown = shutdown::on_signal();
     let result = match &cli.command {
-        Command::Produce(args) => commands::produce(args, commands::PRODUCE_DEFAULT_INTERVAL, shutdown).await,
+        Command::Produce(args) => commands::produce(args, shutdown).await,
         Command::Consume(args) => commands::consume(args, shutdown).await,
+        Command::Serve(args) => commands::serve(args, shutdown).await,
+        Command::All(args) => commands::all(args, shutdown).await,
         Command::Migrate(args) => commands::migrate(args).await,
     };
     match result {

@@ -175,6 +175,48 @@ impl Database {
     }
 }
 
+/// A `LISTEN` session: each notification's payload arrives on `notified`,
+/// which closes when the connection does.
+pub struct Listener {
+    _client: Client,
+    /// Payloads of notifications; a full channel drops the surplus (each
+    /// is only a wake-up call).
+    pub notified: tokio::sync::mpsc::Receiver<String>,
+    _driver: OwnedTask<()>,
+}
+
+impl Database {
+    /// Opens a connection that listens on `channel` (an SQL identifier).
+    pub async fn listen(&self, channel: &str) -> Result<Listener> {
+        use futures::StreamExt;
+        use tokio_postgres::AsyncMessage;
+
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (tx, notified) = tokio::sync::mpsc::channel(16);
+        let driver = OwnedTask::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        let _ = tx.try_send(n.payload().to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "listen connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        Ok(Listener {
+            _client: client,
+            notified,
+            _driver: driver,
+        })
+    }
+}
+
 /// The most useful text of a driver error: the server's message when there is one.
 pub fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {

@@ -18,7 +18,7 @@ use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::{Pace, ProduceArgs};
+use crate::config::{Pace, ProducerOptions};
 use crate::event::Event;
 use crate::kafka::{self, KafkaError};
 use crate::retry::Backoff;
@@ -38,25 +38,25 @@ pub enum ProduceError {
     Kafka(#[from] KafkaError),
 }
 
-/// Loads the catalog `args` names (or the built-in one).
-pub fn catalog(args: &ProduceArgs) -> Result<Catalog, CatalogError> {
-    match &args.catalog {
+/// Loads the catalog the options name (or the built-in one).
+pub fn catalog(options: &ProducerOptions) -> Result<Catalog, CatalogError> {
+    match &options.catalog {
         Some(path) => Catalog::load(path),
         None => Catalog::builtin(),
     }
 }
 
-/// Publishes simulated events at `pace` until `max_events` are acknowledged or
-/// `shutdown` fires; returns how many were acknowledged.
+/// Publishes simulated events to `topic` at `pace` until `max_events` are
+/// acknowledged or `shutdown` fires; returns how many were acknowledged.
 pub async fn run(
-    args: &ProduceArgs,
+    topic: &str,
+    options: &ProducerOptions,
     pace: Pace,
     client: Arc<Client>,
     shutdown: CancellationToken,
 ) -> Result<u64, ProduceError> {
-    let catalog = catalog(args)?;
-    let topic = &args.kafka.topic;
-    let count = kafka::ensure_topic(&client, topic, args.partitions).await?;
+    let catalog = catalog(options)?;
+    let count = kafka::ensure_topic(&client, topic, options.partitions).await?;
     let mut partitions = Vec::with_capacity(count as usize);
     for p in 0..count {
         partitions.push(kafka::partition_client(&client, topic, p).await?);
@@ -69,8 +69,8 @@ pub async fn run(
         "producing"
     );
 
-    let mut simulator = Simulator::new(&catalog, args.seed);
-    let max = args.max_events.unwrap_or(u64::MAX);
+    let mut simulator = Simulator::new(&catalog, options.seed);
+    let max = options.max_events.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut progress = Progress::new();
     let mut sent = 0u64;

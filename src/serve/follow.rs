@@ -1,0 +1,242 @@
+//! Following the database, not another process: `serve` learns of new
+//! history rows from PostgreSQL `LISTEN/NOTIFY` (sent by `consume` after each
+//! commit), with a periodic poll as safety net, and reads what is new by id.
+//! History ids become visible in commit order (see `consume::store`), so
+//! "rows after the last id seen" never skips a row.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use rskafka::client::Client;
+use rskafka::client::partition::PartitionClient;
+use tokio_util::sync::CancellationToken;
+use warp::ws::Message;
+
+use super::hub::{Broadcast, Hub};
+use super::models::{ServerMessage, Stats};
+use super::queries::{self, QueryError};
+use super::trending::{HALF_LIFE, Momentum};
+use crate::consume::store::NOTIFY_CHANNEL;
+use crate::db::Database;
+use crate::kafka;
+use crate::retry::Backoff;
+use crate::shutdown::OwnedTask;
+
+/// Rows read per query while catching up.
+const PAGE: i64 = 1000;
+/// The safety-net poll, for a lost notification or connection.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+/// How often figures (stats, lag) are refreshed and broadcast.
+pub const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// What the follower needs to know.
+#[derive(Debug, Clone)]
+pub struct FollowSettings {
+    pub group: String,
+    pub topic: String,
+    pub broadcast_every: Duration,
+}
+
+/// Reads new history into the hub and keeps trending and stats current.
+pub struct Follower {
+    settings: FollowSettings,
+    pool: Pool,
+    kafka: Option<Arc<Client>>,
+    hub: Arc<Hub>,
+    momentum: Momentum,
+    last_id: i64,
+    /// Rows committed per second (unix seconds), for "events in the last minute".
+    per_second: VecDeque<(i64, u64)>,
+    partitions: HashMap<i32, PartitionClient>,
+}
+
+impl Follower {
+    /// Loads the recent past into the hub, so the first page and snapshot are full.
+    pub async fn start(
+        settings: FollowSettings,
+        pool: Pool,
+        kafka: Option<Arc<Client>>,
+        hub: Arc<Hub>,
+    ) -> Result<Self, QueryError> {
+        let now = Utc::now();
+        let mut momentum = Momentum::default();
+        for (id, title, score, members) in queries::known_anime(&pool).await? {
+            momentum.know(id, title, score, members, now);
+        }
+        let window = HALF_LIFE.as_secs_f64() * 6.0;
+        let recent = queries::recent(&pool, window, 20_000).await?;
+        for row in recent.iter().rev() {
+            momentum.observe(&row.event, row.ingested_at);
+        }
+        let last_id = queries::last_id(&pool).await?;
+        let latest = queries::latest(&pool, super::hub::RECENT as i64, None, None).await?;
+        hub.prime(latest.iter().map(|r| r.update()).collect(), last_id);
+        let (items, _) = momentum.rank(now);
+        hub.set_trending(items, false);
+        let mut follower = Self {
+            settings,
+            pool,
+            kafka,
+            hub,
+            momentum,
+            last_id,
+            per_second: VecDeque::new(),
+            partitions: HashMap::new(),
+        };
+        for row in &recent {
+            follower.count(row.ingested_at.timestamp());
+        }
+        Ok(follower)
+    }
+
+    /// Follows until `shutdown`.
+    pub async fn run(mut self, db: Database, shutdown: CancellationToken) {
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
+        let _listener = OwnedTask::spawn(listen(db, wake_tx, shutdown.clone()));
+        let mut poll = tokio::time::interval(POLL_EVERY);
+        let mut announce = tokio::time::interval(self.settings.broadcast_every);
+        let mut stats = tokio::time::interval(STATS_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(()) = wake.recv() => self.catch_up().await,
+                _ = poll.tick() => self.catch_up().await,
+                _ = announce.tick() => {
+                    let (items, _) = self.momentum.rank(Utc::now());
+                    self.hub.set_trending(items, true);
+                }
+                _ = stats.tick() => self.refresh_stats().await,
+            }
+        }
+    }
+
+    /// Reads every row after the last one seen and broadcasts it.
+    async fn catch_up(&mut self) {
+        let mut changed = BTreeSet::new();
+        loop {
+            let rows = match queries::rows_after(&self.pool, self.last_id, PAGE).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read new history; will retry");
+                    break;
+                }
+            };
+            for row in &rows {
+                self.momentum.observe(&row.event, row.ingested_at);
+                self.count(row.ingested_at.timestamp());
+                changed.insert(row.event.mal_id);
+                self.last_id = self.last_id.max(row.id);
+                self.hub.push_update(row.update());
+            }
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let (items, reordered) = self.momentum.rank(Utc::now());
+        self.hub.set_trending(items, reordered);
+        for mal_id in changed.into_iter().filter(|id| self.hub.has_room(*id)) {
+            match queries::anime(&self.pool, mal_id).await {
+                Ok(Some(detail)) => {
+                    let message = Message::text(ServerMessage::Anime(detail).to_json());
+                    self.hub.send(Broadcast::Anime { mal_id, message });
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(mal_id, %error, "cannot read anime for its room"),
+            }
+        }
+    }
+
+    fn count(&mut self, second: i64) {
+        match self.per_second.back_mut() {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => self.per_second.push_back((second, 1)),
+        }
+    }
+
+    async fn refresh_stats(&mut self) {
+        let now = Utc::now().timestamp();
+        while self.per_second.front().is_some_and(|(s, _)| *s <= now - 60) {
+            self.per_second.pop_front();
+        }
+        let lag = match self.lag().await {
+            Ok(lag) => lag,
+            Err(error) => {
+                tracing::debug!(%error, "consumer lag unknown");
+                BTreeMap::new()
+            }
+        };
+        for (partition, value) in &lag {
+            metrics::gauge!("catlog_consumer_lag", "partition" => partition.clone()).set(*value as f64);
+        }
+        super::metrics::upkeep();
+        self.hub.set_stats(Stats {
+            events_last_minute: self.per_second.iter().map(|(_, n)| n).sum(),
+            lag,
+            ..self.hub.stats()
+        });
+    }
+
+    /// Per partition: the broker's log end minus the group's stored offset.
+    async fn lag(&mut self) -> Result<BTreeMap<String, i64>, String> {
+        let Some(client) = &self.kafka else {
+            return Ok(BTreeMap::new());
+        };
+        let topic = &self.settings.topic;
+        let partitions = kafka::partitions(client, topic)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let stored = queries::stored_offsets(&self.pool, &self.settings.group, topic)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut lag = BTreeMap::new();
+        for p in partitions {
+            let pc = match self.partitions.entry(p) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    kafka::partition_client(client, topic, p)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            let end = kafka::end_offset(pc).await.map_err(|e| e.to_string())?;
+            let done = stored.get(&p).copied().unwrap_or(0);
+            lag.insert(p.to_string(), (end - done).max(0));
+        }
+        Ok(lag)
+    }
+}
+
+/// Keeps a `LISTEN` connection open, waking the follower on every notification.
+async fn listen(db: Database, wake: tokio::sync::mpsc::Sender<()>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::standard();
+    while !shutdown.is_cancelled() {
+        match db.listen(NOTIFY_CHANNEL).await {
+            Ok(mut listener) => {
+                backoff.reset();
+                // Catch up on whatever committed while we were not listening.
+                let _ = wake.try_send(());
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        note = listener.notified.recv() => match note {
+                            Some(_) => { let _ = wake.try_send(()); }
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!("lost the LISTEN connection; reconnecting (polling meanwhile)");
+            }
+            Err(error) => tracing::warn!(%error, "cannot LISTEN; polling meanwhile"),
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
+}

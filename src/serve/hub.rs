@@ -1,0 +1,222 @@
+//! The hub: what every connection of this process shares. New rows come in
+//! through [`super::follow`]; each broadcast is serialised once into a
+//! [`Message`] whose clones share the same bytes.
+//!
+//! Slow clients never slow the others: the broadcast channel is bounded
+//! ([`CHANNEL_CAPACITY`]), sending never waits, and a client that falls more
+//! than that far behind is told so (`Lagged`) and gets a fresh snapshot
+//! instead of the backlog (see [`super::ws`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+use warp::ws::Message;
+
+use super::models::{ServerMessage, Stats, TrendingItem, Update};
+
+/// Messages buffered per client before it counts as lagging.
+pub const CHANNEL_CAPACITY: usize = 1024;
+/// Updates kept in memory for snapshots and the page.
+pub const RECENT: usize = 50;
+
+/// One broadcast, serialised once.
+#[derive(Debug, Clone)]
+pub enum Broadcast {
+    /// A new history row.
+    Update { id: i64, message: Message },
+    /// A new ranking or a periodic repeat.
+    Trending(Message),
+    /// Periodic figures.
+    Stats(Message),
+    /// One anime changed: for the clients following it.
+    Anime { mal_id: i32, message: Message },
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    recent: VecDeque<Update>,
+    last_id: i64,
+    trending: Vec<TrendingItem>,
+    stats: Stats,
+}
+
+/// State shared by the follower, the connections and the REST handlers.
+pub struct Hub {
+    tx: broadcast::Sender<Broadcast>,
+    shared: RwLock<Shared>,
+    rooms: Mutex<HashMap<i32, usize>>,
+    connections: AtomicUsize,
+    started: Instant,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Self {
+            tx,
+            shared: RwLock::default(),
+            rooms: Mutex::default(),
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
+        self.shared
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shared> {
+        self.shared
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A receiver of every broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
+        self.tx.subscribe()
+    }
+
+    /// Sends to every client; never waits.
+    pub fn send(&self, broadcast: Broadcast) {
+        // No receivers is fine: nobody is connected.
+        let _ = self.tx.send(broadcast);
+    }
+
+    /// Records a new update and broadcasts it.
+    pub fn push_update(&self, update: Update) {
+        let id = update.id;
+        let message = Message::text(ServerMessage::Update(update.clone()).to_json());
+        {
+            let mut shared = self.write();
+            shared.last_id = shared.last_id.max(id);
+            shared.recent.push_front(update);
+            shared.recent.truncate(RECENT);
+        }
+        metrics::counter!("catlog_ws_updates_broadcast_total").increment(1);
+        self.send(Broadcast::Update { id, message });
+    }
+
+    /// Fills the recent updates (newest first) and the last id at start.
+    pub fn prime(&self, recent: Vec<Update>, last_id: i64) {
+        let mut shared = self.write();
+        shared.recent = recent.into_iter().take(RECENT).collect();
+        shared.last_id = last_id;
+    }
+
+    /// Replaces the ranking; broadcasts it when `announce`.
+    pub fn set_trending(&self, items: Vec<TrendingItem>, announce: bool) {
+        if announce {
+            let message = Message::text(ServerMessage::Trending { items: items.clone() }.to_json());
+            self.send(Broadcast::Trending(message));
+        }
+        self.write().trending = items;
+    }
+
+    /// Replaces the figures and broadcasts them.
+    pub fn set_stats(&self, stats: Stats) {
+        let message = Message::text(ServerMessage::Stats(stats.clone()).to_json());
+        self.write().stats = stats;
+        self.send(Broadcast::Stats(message));
+    }
+
+    /// The latest figures, with this process's live counts.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.read().stats.clone();
+        stats.connections = self.connections();
+        stats.rooms = self.rooms();
+        stats.uptime_seconds = self.started.elapsed().as_secs();
+        stats
+    }
+
+    /// The current ranking.
+    pub fn trending(&self) -> Vec<TrendingItem> {
+        self.read().trending.clone()
+    }
+
+    /// The newest updates, newest first.
+    pub fn recent(&self) -> Vec<Update> {
+        self.read().recent.iter().cloned().collect()
+    }
+
+    /// The highest history id this process has seen.
+    pub fn last_id(&self) -> i64 {
+        self.read().last_id
+    }
+
+    /// The first message of every connection, and the id it covers up to.
+    pub fn snapshot(&self) -> (i64, Message) {
+        let shared = self.read();
+        let message = ServerMessage::Snapshot {
+            last_id: shared.last_id,
+            trending: shared.trending.clone(),
+            updates: shared.recent.iter().cloned().map(ServerMessage::Update).collect(),
+        };
+        (shared.last_id, Message::text(message.to_json()))
+    }
+
+    /// A client follows an anime.
+    pub fn join_room(&self, mal_id: i32) {
+        *self.lock_rooms().entry(mal_id).or_default() += 1;
+    }
+
+    /// A client stops following an anime.
+    pub fn leave_room(&self, mal_id: i32) {
+        let mut rooms = self.lock_rooms();
+        if let Some(n) = rooms.get_mut(&mal_id) {
+            *n -= 1;
+            if *n == 0 {
+                rooms.remove(&mal_id);
+            }
+        }
+    }
+
+    /// Whether any client of this process follows `mal_id`.
+    pub fn has_room(&self, mal_id: i32) -> bool {
+        self.lock_rooms().contains_key(&mal_id)
+    }
+
+    /// Anime followed by at least one client.
+    pub fn rooms(&self) -> usize {
+        self.lock_rooms().len()
+    }
+
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<i32, usize>> {
+        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a connection for as long as the guard lives.
+    pub fn connect(&self) -> ConnectionGuard<'_> {
+        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("catlog_ws_clients").set(now as f64);
+        ConnectionGuard { hub: self }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps a connection counted.
+pub struct ConnectionGuard<'a> {
+    hub: &'a Hub,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        let now = self.hub.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("catlog_ws_clients").set(now as f64);
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics: one recorder per process (so `all` shows the
+//! consumer's figures too), rendered at `GET /metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use; `None` if another
+/// recorder was installed first.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Drains histogram samples into their summaries; call now and then.
+pub fn upkeep() {
+    if let Some(handle) = handle() {
+        handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "catlog_events_consumed_total",
+        "History rows written by the consumer in this process"
+    );
+    describe_counter!(
+        "catlog_dead_letters_total",
+        "Records stored as dead letters by the consumer in this process"
+    );
+    describe_histogram!(
+        "catlog_batch_commit_seconds",
+        Unit::Seconds,
+        "Time to write and commit one batch"
+    );
+    describe_gauge!(
+        "catlog_consumer_lag",
+        "Broker log end minus the group's stored offset, per partition"
+    );
+    describe_gauge!(
+        "catlog_consumer_fetch_lag",
+        "Broker high watermark minus the fetch position, per partition"
+    );
+    describe_gauge!("catlog_ws_clients", "Open WebSocket connections");
+    describe_counter!("catlog_ws_messages_sent_total", "WebSocket messages sent");
+    describe_counter!(
+        "catlog_ws_updates_broadcast_total",
+        "Updates broadcast to WebSocket clients"
+    );
+    describe_counter!(
+        "catlog_ws_messages_coalesced_total",
+        "Broadcasts a lagging client skipped (it got a snapshot instead)"
+    );
+    describe_counter!(
+        "catlog_ws_messages_dropped_total",
+        "Sends abandoned because a client stopped reading"
+    );
+    describe_counter!(
+        "catlog_ws_resyncs_total",
+        "Fresh snapshots sent instead of a backlog"
+    );
+}

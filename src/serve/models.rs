@@ -1,0 +1,179 @@
+//! The JSON the server speaks: WebSocket messages (both ways) and REST bodies.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// One history row on the wire: `{"id":1042,"event":{…}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Update {
+    /// The history row's id: increasing, and the resume point.
+    pub id: i64,
+    /// The event exactly as on Kafka.
+    pub event: Event,
+}
+
+/// One place of the trending list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrendingItem {
+    pub rank: i32,
+    pub mal_id: i32,
+    pub title: String,
+    pub score: Option<f64>,
+    pub members: Option<i64>,
+    /// Recent activity with time decay (see `trending`).
+    pub momentum: f64,
+    /// Rank in the previous ranking; `None` for a new entry.
+    pub previous_rank: Option<i32>,
+}
+
+/// Server and pipeline figures.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Open WebSocket connections to this process.
+    pub connections: usize,
+    /// Anime followed by at least one client of this process.
+    pub rooms: usize,
+    /// History rows committed in the last minute.
+    pub events_last_minute: u64,
+    /// Per partition: the broker's log end minus the group's stored offset.
+    pub lag: BTreeMap<String, i64>,
+    pub uptime_seconds: u64,
+}
+
+/// The current state of one anime (`live_popularity`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Current {
+    pub mal_id: i32,
+    pub title: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    pub last_event_type: String,
+    pub last_update: DateTime<Utc>,
+    pub event_count: i64,
+}
+
+/// One row of an anime's history, in the short form of the room message.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub event_type: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    pub timestamp: String,
+}
+
+/// An anime's current state and recent history, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnimeDetail {
+    pub mal_id: i32,
+    pub current: Current,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    Snapshot {
+        last_id: i64,
+        trending: Vec<TrendingItem>,
+        updates: Vec<ServerMessage>,
+    },
+    Update(Update),
+    Trending {
+        items: Vec<TrendingItem>,
+    },
+    Stats(Stats),
+    Anime(AnimeDetail),
+    Resync {
+        reason: String,
+    },
+    Error {
+        error: String,
+    },
+}
+
+impl ServerMessage {
+    /// The message as one JSON text.
+    pub fn to_json(&self) -> String {
+        // Plain data: serialising it cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An `error` message.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self::Error { error: text.into() }
+    }
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    Subscribe { mal_id: i64 },
+    Unsubscribe { mal_id: i64 },
+    Resume { last_id: i64 },
+}
+
+/// `GET /api/live/updates`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatesPage {
+    pub updates: Vec<Update>,
+    /// Pass as `before` for the next (older) page; `None` at the end.
+    pub next_before: Option<i64>,
+}
+
+/// `GET /api/live/trending`.
+#[derive(Debug, Serialize)]
+pub struct TrendingPage {
+    pub items: Vec<TrendingItem>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_parse() {
+        let sub: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","malId":5114}"#).unwrap();
+        assert_eq!(sub, ClientMessage::Subscribe { mal_id: 5114 });
+        let resume: ClientMessage = serde_json::from_str(r#"{"type":"resume","lastId":1042}"#).unwrap();
+        assert_eq!(resume, ClientMessage::Resume { last_id: 1042 });
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
+    }
+
+    #[test]
+    fn server_messages_have_the_contract_shapes() {
+        let resync = ServerMessage::Resync { reason: "gap".into() }.to_json();
+        assert_eq!(resync, r#"{"type":"resync","reason":"gap"}"#);
+        let snapshot = ServerMessage::Snapshot {
+            last_id: 7,
+            trending: vec![],
+            updates: vec![],
+        }
+        .to_json();
+        assert_eq!(
+            snapshot,
+            r#"{"type":"snapshot","lastId":7,"trending":[],"updates":[]}"#
+        );
+        let stats = ServerMessage::Stats(Stats::default()).to_json();
+        assert!(
+            stats.starts_with(r#"{"type":"stats","connections":0,"rooms":0,"eventsLastMinute":0"#),
+            "{stats}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The live page, rendered on the server (askama), and its static files,
+//! compiled into the binary so it runs from any directory.
+
+use askama::Template;
+
+use super::models::{TrendingItem, Update};
+use crate::event::Measure;
+
+/// `static/app.js`.
+pub const APP_JS: &str = include_str!("../../static/app.js");
+/// `static/app.css`.
+pub const APP_CSS: &str = include_str!("../../static/app.css");
+
+/// `templates/index.html`.
+#[derive(Template)]
+#[template(path = "index.html")]
+pub struct IndexPage {
+    pub trending: Vec<TrendingView>,
+    pub updates: Vec<UpdateView>,
+    pub last_id: i64,
+    pub token_query: String,
+}
+
+/// One trending place, formatted.
+pub struct TrendingView {
+    pub rank: i32,
+    pub mal_id: i32,
+    pub title: String,
+    pub score_text: String,
+    pub members_text: String,
+    pub momentum_text: String,
+    pub movement: i32,
+    pub is_new: bool,
+}
+
+/// One update, formatted.
+pub struct UpdateView {
+    pub id: i64,
+    pub mal_id: i32,
+    pub title: String,
+    pub event_type: String,
+    pub type_label: String,
+    pub value_text: String,
+    pub change: String,
+    pub direction: String,
+    pub timestamp: String,
+}
+
+/// 3613466 → "3,613,466".
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+impl From<&TrendingItem> for TrendingView {
+    fn from(t: &TrendingItem) -> Self {
+        Self {
+            rank: t.rank,
+            mal_id: t.mal_id,
+            title: t.title.clone(),
+            score_text: t.score.map_or_else(|| "–".into(), |s| format!("{s:.2}")),
+            members_text: t.members.map_or_else(|| "–".into(), thousands),
+            momentum_text: format!("{:.1}", t.momentum),
+            movement: t.previous_rank.map_or(0, |p| p - t.rank),
+            is_new: t.previous_rank.is_none(),
+        }
+    }
+}
+
+impl From<&Update> for UpdateView {
+    fn from(u: &Update) -> Self {
+        let e = &u.event;
+        let (label, value) = match e.measure {
+            Measure::Score(s) => ("Score", s.to_string()),
+            Measure::Members(m) => ("Members", thousands(m)),
+            Measure::Rank(r) => ("Trending", format!("#{r}")),
+        };
+        let change = &e.popularity_change;
+        let direction = if change.starts_with('-') {
+            "down"
+        } else if change.parse::<f64>().unwrap_or(0.0) == 0.0 {
+            "flat"
+        } else {
+            "up"
+        };
+        Self {
+            id: u.id,
+            mal_id: e.mal_id,
+            title: e.title.clone(),
+            event_type: e.event_type().as_str().to_owned(),
+            type_label: label.to_owned(),
+            value_text: value,
+            change: change.clone(),
+            direction: direction.to_owned(),
+            timestamp: e.timestamp_text(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(3_613_466), "3,613,466");
+    }
+
+    #[test]
+    fn page_escapes_titles() {
+        let page = IndexPage {
+            trending: vec![],
+            updates: vec![UpdateView::from(&Update {
+                id: 1,
+                event: crate::event::Event {
+                    mal_id: 1,
+                    title: "<script>alert(1)</script>".into(),
+                    measure: Measure::Rank(3),
+                    popularity_change: "+1".into(),
+                    timestamp: chrono::Utc::now(),
+                },
+            })],
+            last_id: 1,
+            token_query: String::new(),
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"));
+    }
+}

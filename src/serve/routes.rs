@@ -1,0 +1,103 @@
+//! What requests look like: one filter per route, combined, with one
+//! rejection handler.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+use super::App;
+use super::handlers;
+
+/// Largest WebSocket frame the server reads at all; frames above the
+/// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
+const WS_MAX_FRAME: usize = 1024 * 1024;
+
+fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
+    warp::query::<HashMap<String, String>>()
+}
+
+/// Every route of the server.
+pub fn routes(
+    app: App,
+    shutdown: CancellationToken,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let api = warp::path("api").and(warp::path("live"));
+    let updates = api
+        .and(warp::path("updates"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(query())
+        .and(with_app(app.clone()))
+        .and_then(handlers::updates);
+    let trending = api
+        .and(warp::path("trending"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(query())
+        .and(with_app(app.clone()))
+        .and_then(handlers::trending);
+    let anime = api
+        .and(warp::path("anime"))
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .and_then(handlers::anime);
+    let stats = api
+        .and(warp::path("stats"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .and_then(handlers::stats);
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(handlers::healthz);
+    let readyz = warp::path("readyz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .and_then(handlers::readyz);
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(handlers::metrics);
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(query())
+        .and(with_app(app.clone()))
+        .and_then(handlers::index);
+    let assets = warp::path("static")
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(handlers::asset);
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(with_app(app))
+        .map(move |ws: warp::ws::Ws, app: App| {
+            let shutdown = shutdown.clone();
+            ws.max_message_size(WS_MAX_FRAME)
+                .max_frame_size(WS_MAX_FRAME)
+                .on_upgrade(move |socket| super::ws::session(socket, app.hub, app.pool, shutdown))
+        });
+
+    updates
+        .or(trending)
+        .or(anime)
+        .or(stats)
+        .or(healthz)
+        .or(readyz)
+        .or(metrics)
+        .or(ws)
+        .or(assets)
+        .or(index)
+        .recover(handlers::handle_rejection)
+}
