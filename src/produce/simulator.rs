@@ -74,11 +74,32 @@ impl Simulator {
                 }
             })
             .collect();
-        Self {
+        let mut simulator = Self {
             rng,
             anime,
             published_rank: HashMap::new(),
-        }
+        };
+        // Start from a ranking by audience, so the first moves are moves, not entries.
+        simulator.published_rank = simulator
+            .ranking()
+            .into_iter()
+            .enumerate()
+            .map(|(place, i)| (i, place as i32 + 1))
+            .collect();
+        simulator
+    }
+
+    /// Indexes of the top [`TRENDING_SIZE`] by momentum, then audience.
+    fn ranking(&self) -> Vec<usize> {
+        let mut by_momentum: Vec<usize> = (0..self.anime.len()).collect();
+        by_momentum.sort_by(|&x, &y| {
+            self.anime[y]
+                .momentum
+                .total_cmp(&self.anime[x].momentum)
+                .then(self.anime[y].audience.total_cmp(&self.anime[x].audience))
+        });
+        by_momentum.truncate(TRENDING_SIZE);
+        by_momentum
     }
 
     /// The next event, stamped `now`.
@@ -158,14 +179,7 @@ impl Simulator {
     }
 
     fn trending_change(&mut self) -> (usize, Measure, String) {
-        let mut by_momentum: Vec<usize> = (0..self.anime.len()).collect();
-        by_momentum.sort_by(|&x, &y| {
-            self.anime[y]
-                .momentum
-                .total_cmp(&self.anime[x].momentum)
-                .then(self.anime[y].audience.total_cmp(&self.anime[x].audience))
-        });
-        by_momentum.truncate(TRENDING_SIZE);
+        let by_momentum = self.ranking();
         let outside = by_momentum.len() as i32 + 1;
         let moved = by_momentum
             .iter()

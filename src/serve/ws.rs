@@ -217,6 +217,10 @@ pub async fn session(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: Can
     let mut heard = Instant::now();
 
     let mut result = session.snapshot().await;
+    if result.is_ok() {
+        let stats = ServerMessage::Stats(session.hub.stats());
+        result = session.send_json(stats).await;
+    }
     while result.is_ok() {
         result = tokio::select! {
             _ = shutdown.cancelled() => Err(Closed),

@@ -6,6 +6,8 @@
 //! service fails the test with a message saying how to start it.
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::PathBuf;

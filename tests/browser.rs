@@ -1,0 +1,215 @@
+//! The live page in a real browser: headless Chromium, driven over WebDriver,
+//! opens the page served by `catlog-live all`, sees the indicator reach
+//! "connected", sees the feed grow, follows an anime and sees its chart.
+//! Screenshots are saved under `target/screenshots/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (scripts/test installs
+//! them when missing).
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, TestDb, broker, catlog, unique};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chromedriver listening on `port`.
+fn chromedriver(port: u16) -> Proc {
+    let path = which("chromedriver").unwrap_or_else(|| {
+        panic!("chromedriver not found: install Debian's chromium and chromium-driver (scripts/test does)")
+    });
+    let mut cmd = Command::new(path);
+    cmd.arg(format!("--port={port}")).stdin(Stdio::null());
+    let proc = Proc::spawn(cmd, "chromedriver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not start:\n{}",
+            proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proc
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+async fn browser(driver_port: u16) -> Client {
+    let profile = std::env::temp_dir().join(unique("chromium-profile"));
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": which("chromium").map(|p| p.display().to_string()).unwrap_or_else(|| "/usr/bin/chromium".into()),
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-quic", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Chromium through chromedriver: {e}"))
+}
+
+/// Runs `script` (a function body) until it returns `true`.
+async fn wait_js(client: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = client.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if value == Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn js(client: &Client, script: &str) -> Value {
+    client.execute(script, vec![]).await.unwrap()
+}
+
+fn screenshot_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test]
+async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
+    let db = TestDb::new();
+    let topic = unique("catlog-browser");
+    let mut cmd = catlog(&["all"], &topic, &db.url);
+    cmd.env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("PRODUCER_INTERVAL_MS", "250")
+        .env("BROADCAST_INTERVAL_MS", "2000")
+        .env("PRODUCER_SEED", "7");
+    let _ = broker();
+    let app = Proc::spawn(cmd, "all");
+    let deadline = Instant::now() + WAIT;
+    let url = loop {
+        if let Some(line) = app
+            .output()
+            .lines()
+            .find(|l| l.starts_with("catlog-live is live at "))
+        {
+            break line
+                .trim_start_matches("catlog-live is live at ")
+                .trim()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`all` did not print its URL:\n{}",
+            app.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let port = free_port();
+    let driver = chromedriver(port);
+    let client = browser(port).await;
+    client.goto(&url).await.unwrap();
+
+    wait_js(
+        &client,
+        "the indicator to say connected",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+    let status_text = js(&client, "return document.getElementById('status').textContent").await;
+    assert_eq!(status_text, "Live");
+
+    let first = js(&client, "return document.querySelectorAll('#feed li').length")
+        .await
+        .as_u64()
+        .unwrap();
+    wait_js(
+        &client,
+        "the feed to grow",
+        &format!("return document.querySelectorAll('#feed li').length > {first} + 2"),
+    )
+    .await;
+    wait_js(
+        &client,
+        "a trending list",
+        "return document.querySelectorAll('#trending li').length > 0",
+    )
+    .await;
+
+    // Follow the newest anime in the feed.
+    let link = client
+        .find(Locator::Css("#feed li button.anime-link"))
+        .await
+        .unwrap();
+    let title = link.text().await.unwrap();
+    link.click().await.unwrap();
+    wait_js(&client, "the anime panel",
+        "const p = document.getElementById('anime-panel'); return !p.hidden && document.getElementById('anime-title').textContent !== 'Loading…'").await;
+    assert_eq!(
+        js(
+            &client,
+            "return document.getElementById('anime-title').textContent"
+        )
+        .await,
+        title
+    );
+    wait_js(&client, "the chart's two lines",
+        "return document.querySelectorAll('#anime-chart path.line.score, #anime-chart path.line.members').length === 2").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(
+        screenshot_path("live-page.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // A phone: one column, no sideways scrolling.
+    client.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let overflow = js(
+        &client,
+        "return document.documentElement.scrollWidth - window.innerWidth",
+    )
+    .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page scrolls sideways on a phone by {overflow}px"
+    );
+    std::fs::write(
+        screenshot_path("live-page-phone.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    client.close().await.unwrap();
+    drop(driver);
+    drop(app);
+}

@@ -1,0 +1,285 @@
+//! The WebSocket protocol against a real server on port 0, fed by the real
+//! broker and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::stack::{Stack, next_json, next_of, send};
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn score_event(mal_id: i32, title: &str, score: &str) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let value = json!({
+        "malId": mal_id, "title": title, "eventType": "SCORE_UPDATE", "currentScore": score,
+        "popularityChange": "+0.01", "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    (
+        Some(mal_id.to_string().into_bytes()),
+        Some(value.to_string().into_bytes()),
+    )
+}
+
+#[tokio::test]
+async fn snapshot_first_then_an_update_for_each_new_record() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
+        .await;
+    stack.wait_for_history(1).await;
+    common::wait_until(WAIT, "the server to see the row", || async {
+        stack.get("/api/live/updates").await.1["updates"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    })
+    .await;
+
+    let mut ws = stack.ws().await;
+    let snapshot = next_json(&mut ws, WAIT).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["updates"][0]["type"], "update");
+    assert_eq!(snapshot["updates"][0]["event"]["title"], "Cowboy Bebop");
+    let last_id = snapshot["lastId"].as_i64().unwrap();
+    assert!(snapshot["trending"].is_array());
+
+    stack
+        .topic
+        .publish_raw(
+            0,
+            vec![score_event(5114, "Fullmetal Alchemist: Brotherhood", "9.10")],
+        )
+        .await;
+    let update = next_of(&mut ws, "update", WAIT).await;
+    assert_eq!(update["event"]["malId"], 5114);
+    assert_eq!(update["event"]["currentScore"], "9.10");
+    assert!(update["id"].as_i64().unwrap() > last_id);
+    // The ranking changed: a trending message follows without waiting for the period.
+    let trending = next_of(&mut ws, "trending", WAIT).await;
+    assert!(
+        trending["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["malId"] == 5114)
+    );
+}
+
+#[tokio::test]
+async fn two_servers_on_one_database_both_push_every_update() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    // A second server of its own on the same database: it learns from PostgreSQL only.
+    let database: catlog_live::db::Database = stack.db.url.parse().unwrap();
+    let listener = catlog_live::serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let second = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings = catlog_live::serve::FollowSettings {
+        group: "catlog-live".into(),
+        topic: stack.topic.name.clone(),
+        broadcast_every: Duration::from_secs(30),
+    };
+    let server = tokio::spawn(catlog_live::serve::run(
+        settings,
+        database.clone(),
+        database.pool(4).unwrap(),
+        None,
+        listener,
+        shutdown.clone(),
+    ));
+    let mut a = stack.ws().await;
+    let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{second}/ws"))
+        .await
+        .unwrap();
+    next_of(&mut a, "snapshot", WAIT).await;
+    next_of(&mut b, "snapshot", WAIT).await;
+
+    let records = (0..20)
+        .map(|i| score_event(100 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    for ws in [&mut a, &mut b] {
+        let mut seen = Vec::new();
+        while seen.len() < 20 {
+            let update = next_of(ws, "update", WAIT).await;
+            seen.push(update["event"]["malId"].as_i64().unwrap());
+        }
+        assert_eq!(seen, (100..120).collect::<Vec<_>>(), "every update, in order");
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn subscribing_to_a_room_sends_the_anime_and_its_changes() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
+        .await;
+    stack.wait_for_history(1).await;
+    let mut ws = stack.ws().await;
+    next_of(&mut ws, "snapshot", WAIT).await;
+
+    send(&mut ws, json!({"type": "subscribe", "malId": 1})).await;
+    let anime = next_of(&mut ws, "anime", WAIT).await;
+    assert_eq!(anime["malId"], 1);
+    assert_eq!(anime["current"]["currentScore"], "8.75");
+    assert_eq!(anime["history"].as_array().unwrap().len(), 1);
+
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.80")])
+        .await;
+    let anime = next_of(&mut ws, "anime", WAIT).await;
+    assert_eq!(anime["current"]["currentScore"], "8.80");
+    assert_eq!(anime["history"].as_array().unwrap().len(), 2);
+
+    let (_, stats) = stack.get("/api/live/stats").await;
+    assert_eq!(stats["rooms"], 1);
+    send(&mut ws, json!({"type": "unsubscribe", "malId": 1})).await;
+    common::wait_until(WAIT, "the room to close", || async {
+        stack.get("/api/live/stats").await.1["rooms"] == 0
+    })
+    .await;
+
+    send(&mut ws, json!({"type": "subscribe", "malId": 999999})).await;
+    let error = next_of(&mut ws, "error", WAIT).await;
+    assert!(error["error"].as_str().unwrap().contains("999999"));
+}
+
+#[tokio::test]
+async fn resume_replays_missed_updates_or_answers_resync() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    let records = (0..5)
+        .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    stack.wait_for_history(5).await;
+    common::wait_until(WAIT, "the server to see the rows", || async {
+        stack.get("/api/live/updates").await.1["updates"]
+            .as_array()
+            .map(Vec::len)
+            == Some(5)
+    })
+    .await;
+    let (_, page) = stack.get("/api/live/updates").await;
+    let ids: Vec<i64> = page["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_i64().unwrap())
+        .collect();
+    let seen_up_to = ids[3]; // the client saw the two oldest, missed three
+
+    let mut ws = stack.ws().await;
+    next_of(&mut ws, "snapshot", WAIT).await;
+    send(&mut ws, json!({"type": "resume", "lastId": seen_up_to})).await;
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(next_of(&mut ws, "update", WAIT).await["id"].as_i64().unwrap());
+    }
+    let mut expected: Vec<i64> = ids[..3].to_vec();
+    expected.reverse();
+    assert_eq!(replayed, expected, "the missed updates, oldest first");
+
+    // A position the server never handed out: resync, then a fresh snapshot.
+    send(&mut ws, json!({"type": "resume", "lastId": 1_000_000})).await;
+    let resync = next_of(&mut ws, "resync", WAIT).await;
+    assert!(resync["reason"].is_string());
+    next_of(&mut ws, "snapshot", WAIT).await;
+}
+
+#[tokio::test]
+async fn resume_after_too_large_a_gap_answers_resync() {
+    let stack = Stack::start(2, Duration::from_secs(30)).await;
+    stack.topic.publish_simulated(1_200, 3).await;
+    stack.wait_for_history(1_200).await;
+    common::wait_until(WAIT, "the server to catch up", || async {
+        stack.get("/api/live/stats").await.1["eventsLastMinute"].as_u64() >= Some(1_200)
+    })
+    .await;
+    let mut ws = stack.ws().await;
+    next_of(&mut ws, "snapshot", WAIT).await;
+    send(&mut ws, json!({"type": "resume", "lastId": 0})).await;
+    let resync = next_of(&mut ws, "resync", WAIT).await;
+    assert!(resync["reason"].as_str().unwrap().contains("1000"), "{resync}");
+    next_of(&mut ws, "snapshot", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_delay_another() {
+    let stack = Stack::start(2, Duration::from_secs(30)).await;
+    let mut stalled = stack.ws().await; // connected, never read again
+    let mut reader = stack.ws().await;
+    next_of(&mut reader, "snapshot", WAIT).await;
+
+    let started = Instant::now();
+    stack.topic.publish_simulated(5_000, 9).await;
+    stack.wait_for_history(5_000).await;
+    let newest = stack.db.count("SELECT max(id) FROM popularity_events").await;
+
+    // The reader gets every update, or (if it is too slow itself) a snapshot
+    // that covers it; either way it reaches the newest row.
+    let (mut covered, mut updates, mut resyncs) = (0, 0, 0);
+    while covered < newest {
+        let message = next_json(&mut reader, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") => {
+                updates += 1;
+                covered = covered.max(message["id"].as_i64().unwrap());
+            }
+            Some("snapshot") => covered = covered.max(message["lastId"].as_i64().unwrap()),
+            Some("resync") => resyncs += 1,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "reader reached the newest row in {:?} ({updates} updates, {resyncs} resyncs) while another client stalled",
+        started.elapsed()
+    );
+    // The stalled client's connection is still open (or closed by the server), never blocking anyone.
+    let _ = stalled.send(Message::Ping(Vec::new().into())).await;
+    let (_, stats) = stack.get("/api/live/stats").await;
+    assert!(stats["connections"].as_u64().unwrap() <= 2);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_get_an_error_and_the_connection_carries_on() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
+        .await;
+    stack.wait_for_history(1).await;
+    let mut ws = stack.ws().await;
+    next_of(&mut ws, "snapshot", WAIT).await;
+
+    for bad in [
+        "not json",
+        r#"{"type":"dance"}"#,
+        r#"{"type":"subscribe","malId":"x"}"#,
+        "[]",
+    ] {
+        ws.send(Message::text(bad)).await.unwrap();
+        let error = next_of(&mut ws, "error", WAIT).await;
+        assert!(error["error"].is_string(), "{bad}: {error}");
+    }
+    ws.send(Message::text("x".repeat(100_000))).await.unwrap();
+    let error = next_of(&mut ws, "error", WAIT).await;
+    assert!(error["error"].as_str().unwrap().contains("limit"), "{error}");
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    next_of(&mut ws, "error", WAIT).await;
+    send(&mut ws, json!({"type": "subscribe", "malId": 0})).await;
+    next_of(&mut ws, "error", WAIT).await;
+
+    // Still connected and still served.
+    send(&mut ws, json!({"type": "subscribe", "malId": 1})).await;
+    assert_eq!(next_of(&mut ws, "anime", WAIT).await["malId"], 1);
+    assert_eq!(stack.get("/healthz").await.0, 200);
+}
