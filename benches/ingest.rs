@@ -50,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!("ingest benchmark: {events} events, {PARTITIONS} partitions, broker {broker}");
-    let client = kafka::connect(&[broker]).await?;
+    let client = kafka::connect(&catlog_live::config::KafkaArgs::plain(
+        broker.clone(),
+        topic.clone(),
+    ))
+    .await?;
     kafka::ensure_topic(&client, &topic, PARTITIONS).await?;
     let db: Database = db_url.parse()?;
     let pool = db.connect_and_migrate(4).await?;

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AllArgs, ConsumeArgs, ConsumerOptions, DbArgs, GroupArgs, KafkaArgs, ProduceArgs, ProducerOptions,
-    ServeArgs, ServerOptions,
+    AllArgs, ConsumeArgs, ConsumerOptions, DbArgs, DoctorArgs, GroupArgs, KafkaArgs, ProduceArgs,
+    ProducerOptions, ServeArgs, ServerOptions,
 };
 use crate::consume::{self, ConsumerSettings};
 use crate::db::Database;
@@ -40,10 +40,26 @@ pub async fn migrate(args: &DbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `doctor`: prints one line per check; fails if any check fails.
+pub async fn doctor(args: &DoctorArgs) -> anyhow::Result<()> {
+    let checks = crate::doctor::run(&args.kafka, &args.db, &args.group).await;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.verdict == crate::doctor::Verdict::Fail)
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} checks failed", checks.len());
+    }
+    Ok(())
+}
+
 /// `produce`: publishes simulated events until done or shut down.
 pub async fn produce(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     produce::catalog(&args.producer)?; // a bad catalog file fails before any connection
-    let client = kafka::connect(&args.kafka.broker_list()).await?;
+    let client = kafka::connect(&args.kafka).await?;
     run_producer(
         &args.kafka,
         &args.producer,
@@ -70,7 +86,7 @@ async fn run_producer(
 pub async fn consume(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db: Database = args.db.database_url.parse()?;
     let pool = db.connect_and_migrate(CONSUMER_POOL_SIZE).await?;
-    let client = kafka::connect(&args.kafka.broker_list()).await?;
+    let client = kafka::connect(&args.kafka).await?;
     run_consumer(
         &args.kafka,
         &args.group,
@@ -114,7 +130,7 @@ async fn run_consumer(
 pub async fn serve(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db: Database = args.db.database_url.parse()?;
     let pool = db.connect_and_migrate(SERVER_POOL_SIZE).await?;
-    let client = match kafka::connect(&args.kafka.broker_list()).await {
+    let client = match kafka::connect(&args.kafka).await {
         Ok(client) => Some(client),
         Err(error) => {
             tracing::warn!(%error, "serving without consumer lag");
@@ -176,7 +192,7 @@ pub async fn all(args: &AllArgs, shutdown: CancellationToken) -> anyhow::Result<
     let pool = db
         .connect_and_migrate(CONSUMER_POOL_SIZE + SERVER_POOL_SIZE)
         .await?;
-    let client = kafka::connect(&args.kafka.broker_list()).await?;
+    let client = kafka::connect(&args.kafka).await?;
     kafka::ensure_topic(&client, &args.kafka.topic, args.producer.partitions).await?;
     let listener = serve::bind(args.server.listen_addr).await?;
     serve::metrics::handle();

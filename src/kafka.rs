@@ -6,7 +6,9 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+
+use crate::config::{KafkaArgs, SaslMechanism};
 
 /// How long the first connection to the broker may take before we give up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +30,8 @@ pub enum KafkaError {
     },
     #[error("topic {0:?} does not exist (KAFKA_TOPIC); start `produce` first, which creates it")]
     NoTopic(String),
+    #[error("{0}")]
+    Config(String),
     #[error("Kafka: {0}")]
     Client(#[from] ClientError),
 }
@@ -35,8 +39,10 @@ pub enum KafkaError {
 /// Result with [`KafkaError`].
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
 
-/// Connects to the bootstrap brokers; gives up with a clear error after a few seconds.
-pub async fn connect(brokers: &[String]) -> Result<Arc<Client>> {
+/// Connects to the brokers `args` name, with their SASL and TLS settings;
+/// gives up with a clear error after a few seconds.
+pub async fn connect(args: &KafkaArgs) -> Result<Arc<Client>> {
+    let brokers = args.broker_list();
     if brokers.is_empty() {
         return Err(KafkaError::NoBrokers);
     }
@@ -44,15 +50,67 @@ pub async fn connect(brokers: &[String]) -> Result<Arc<Client>> {
         brokers: brokers.join(","),
         reason,
     };
-    let build = ClientBuilder::new(brokers.to_vec())
+    let mut builder = ClientBuilder::new(brokers.clone())
         .client_id("catlog-live")
-        .backoff_config(backoff())
-        .build();
+        .backoff_config(backoff());
+    if let Some(sasl) = sasl_config(args)? {
+        builder = builder.sasl_config(sasl);
+    }
+    if args.tls {
+        builder = builder.tls_config(tls_config(args.tls_ca_file.as_deref())?);
+    }
+    let build = builder.build();
     let client = tokio::time::timeout(CONNECT_TIMEOUT, build)
         .await
         .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(|e| unreachable(e.to_string()))?;
     Ok(Arc::new(client))
+}
+
+fn sasl_config(args: &KafkaArgs) -> Result<Option<SaslConfig>> {
+    let Some(mechanism) = args.sasl_mechanism else {
+        return Ok(None);
+    };
+    let (Some(username), Some(password)) = (&args.sasl_username, &args.sasl_password) else {
+        return Err(KafkaError::Config(
+            "KAFKA_SASL_MECHANISM needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".into(),
+        ));
+    };
+    let credentials = Credentials::new(username.clone(), password.clone());
+    Ok(Some(match mechanism {
+        SaslMechanism::Plain => SaslConfig::Plain(credentials),
+        SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+        SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+    }))
+}
+
+/// TLS trusting the public web roots and, if given, the CAs of a PEM file.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad =
+            |reason: String| KafkaError::Config(format!("KAFKA_TLS_CA_FILE {}: {reason}", path.display()));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificates in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KafkaError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Retries inside rskafka: short, bounded, so our own loops decide what to do next.
@@ -135,6 +193,77 @@ pub async fn end_offset(partition: &PartitionClient) -> Result<i64> {
     // high watermark.
     let (_, high_watermark) = partition.fetch_records(latest - 1, 1..1_048_576, 100).await?;
     Ok(high_watermark.max(latest))
+}
+
+/// What a broker says it supports: (API key, lowest version, highest version).
+pub type ApiVersions = Vec<(i16, i16, i16)>;
+
+/// Asks one broker (`host:port`, plaintext) for its API versions with an
+/// `ApiVersions` v0 request, which every Kafka-protocol broker answers.
+pub async fn api_versions(broker: &str) -> std::io::Result<ApiVersions> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const API_VERSIONS: i16 = 18;
+    const CORRELATION: i32 = 0x0ca7_1065;
+    let client_id = b"catlog-live";
+    let mut request = Vec::new();
+    request.extend_from_slice(&API_VERSIONS.to_be_bytes());
+    request.extend_from_slice(&0i16.to_be_bytes());
+    request.extend_from_slice(&CORRELATION.to_be_bytes());
+    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    request.extend_from_slice(client_id);
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(broker).await?;
+        stream.write_all(&(request.len() as i32).to_be_bytes()).await?;
+        stream.write_all(&request).await?;
+        let size = stream.read_i32().await?;
+        if !(10..=1_048_576).contains(&size) {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("implausible response size {size}"),
+            ));
+        }
+        let mut body = vec![0; size as usize];
+        stream.read_exact(&mut body).await?;
+        Ok::<_, Error>(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer within 5 s"))??;
+
+    let short = || Error::new(ErrorKind::InvalidData, "short ApiVersions response");
+    let i16_at = |at: usize| {
+        body.get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(short)
+    };
+    let i32_at = |at: usize| {
+        body.get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(short)
+    };
+    if i32_at(0)? != CORRELATION {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "ApiVersions answer to another request",
+        ));
+    }
+    let error = i16_at(4)?;
+    if error != 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("ApiVersions error code {error}"),
+        ));
+    }
+    let count = i32_at(6)?.clamp(0, 1000) as usize;
+    (0..count)
+        .map(|i| {
+            let at = 10 + i * 6;
+            Ok((i16_at(at)?, i16_at(at + 2)?, i16_at(at + 4)?))
+        })
+        .collect()
 }
 
 /// Whether an error says the requested offset is outside what the broker holds.

@@ -15,6 +15,7 @@
 //! * [`kafka`] — connecting to the broker, creating the topic, choosing a partition.
 //! * [`produce`] — the simulator and the producer loop.
 //! * [`db`] — the connection pool, database creation and migrations.
+//! * [`doctor`] — checks of broker, topic, database, tables, lag and freshness.
 //! * [`consume`] — partition leases, fetching, and the exactly-once batch writer.
 //! * [`retry`] — backoff for the loops that retry lost connections.
 //! * [`serve`] — the live page, WebSocket feed, REST API, health and metrics.
@@ -28,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod consume;
 pub mod db;
+pub mod doctor;
 pub mod event;
 pub mod kafka;
 pub mod produce;

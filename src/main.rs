@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rskafka=warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rskafka=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -43,6 +43,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve(args, shutdown).await,
         Command::All(args) => commands::all(args, shutdown).await,
         Command::Migrate(args) => commands::migrate(args).await,
+        Command::Doctor(args) => commands::doctor(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,3 +35,28 @@ pub async fn migrate(db: &Database) -> Result<()> {
     }
     Ok(())
 }
+
+/// Names of the migrations not yet applied (all of them on an empty database).
+pub async fn pending(db: &Database) -> Result<Vec<String>> {
+    let mut session = db.session().await?;
+    let runner = embedded::migrations::runner();
+    let exists: bool = session
+        .client
+        .query_one("SELECT to_regclass('refinery_schema_history') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let applied = if exists {
+        runner
+            .get_applied_migrations_async(&mut session.client)
+            .await
+            .map_err(|e| DbError::Migrate(e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    Ok(runner
+        .get_migrations()
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
+}

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::shutdown::OwnedTask;
 
-pub use migrate::migrate;
+pub use migrate::{migrate, pending};
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,12 @@ impl Stack {
         let db = TestDb::migrated().await;
         let database: Database = db.url.parse().unwrap();
         let pool = database.pool(8).unwrap();
-        let kafka = catlog_live::kafka::connect(&[broker()]).await.unwrap();
+        let kafka = catlog_live::kafka::connect(&catlog_live::config::KafkaArgs::plain(
+            broker(),
+            topic.name.clone(),
+        ))
+        .await
+        .unwrap();
         let shutdown = CancellationToken::new();
         let consumer = consume::run(
             ConsumerSettings {

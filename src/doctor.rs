@@ -1,0 +1,336 @@
+//! `doctor`: one line per check with PASS, WARN or FAIL and what to do.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::error::SqlState;
+
+use crate::config::{DbArgs, GroupArgs, KafkaArgs};
+use crate::db::{Database, DbError, error_text};
+use crate::kafka;
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pass => "PASS",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+        })
+    }
+}
+
+/// One check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about a WARN or FAIL.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            verdict: Verdict::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            verdict: Verdict::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            verdict: Verdict::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}  {:<10} {}", self.verdict, self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " — {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Lag above which the consumers count as behind.
+const LAG_WARN: i64 = 10_000;
+/// Newest event older than this: is anything producing?
+const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Runs every check, in order.
+pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let topic = &kafka_args.topic;
+
+    // The broker, and the topic on it.
+    let brokers = kafka_args.brokers.as_str();
+    let client = match kafka::connect(kafka_args).await {
+        Ok(client) => {
+            let versions = match kafka_args.broker_list().first() {
+                Some(first) if !kafka_args.tls => match kafka::api_versions(first).await {
+                    Ok(v) => describe_versions(&v),
+                    Err(e) => format!("API versions unknown: {e}"),
+                },
+                _ => "API versions not probed over TLS".to_owned(),
+            };
+            checks.push(Check::pass("broker", format!("{brokers} answers; {versions}")));
+            Some(client)
+        }
+        Err(e) => {
+            // The error already says what to do.
+            checks.push(Check {
+                fix: None,
+                ..Check::fail("broker", e.to_string(), "")
+            });
+            None
+        }
+    };
+    let mut partitions = None;
+    match &client {
+        Some(client) => match kafka::partitions(client, topic).await {
+            Ok(Some(p)) => {
+                checks.push(Check::pass(
+                    "topic",
+                    format!("{topic:?} has {} partitions", p.len()),
+                ));
+                partitions = Some(p);
+            }
+            Ok(None) => checks.push(Check::fail(
+                "topic",
+                format!("{topic:?} does not exist"),
+                "start `catlog-live produce` (it creates the topic) or fix KAFKA_TOPIC",
+            )),
+            Err(e) => checks.push(Check::fail("topic", e.to_string(), "check the broker's logs")),
+        },
+        None => checks.push(Check::fail(
+            "topic",
+            "not checked: no broker",
+            "fix the broker first",
+        )),
+    }
+
+    // The database, its migrations and tables.
+    let db = match db_args.database_url.parse::<Database>() {
+        Ok(db) => db,
+        Err(e) => {
+            checks.push(Check::fail("database", e.to_string(), "fix DATABASE_URL"));
+            return checks;
+        }
+    };
+    let session = match db.session().await {
+        Ok(session) => {
+            let version: String = session
+                .client
+                .query_one("SHOW server_version", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            checks.push(Check::pass(
+                "database",
+                format!("{} answers (PostgreSQL {version})", db.target()),
+            ));
+            session
+        }
+        Err(DbError::Query(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            checks.push(Check::fail(
+                "database",
+                format!("database {:?} does not exist", db.name()),
+                "run `catlog-live migrate` (it creates the database)",
+            ));
+            return checks;
+        }
+        Err(DbError::Query(e)) => {
+            checks.push(Check::fail(
+                "database",
+                format!("cannot connect to {}: {}", db.target(), error_text(&e)),
+                "start PostgreSQL or fix DATABASE_URL",
+            ));
+            return checks;
+        }
+        Err(e) => {
+            checks.push(Check::fail("database", e.to_string(), "fix DATABASE_URL"));
+            return checks;
+        }
+    };
+    match crate::db::pending(&db).await {
+        Ok(p) if p.is_empty() => checks.push(Check::pass("migrations", "all applied")),
+        Ok(p) => checks.push(Check::fail(
+            "migrations",
+            format!("{} pending: {}", p.len(), p.join(", ")),
+            "run `catlog-live migrate`",
+        )),
+        Err(e) => checks.push(Check::fail(
+            "migrations",
+            e.to_string(),
+            "run `catlog-live migrate`",
+        )),
+    }
+    let expected = [
+        "live_popularity",
+        "popularity_events",
+        "consumer_offsets",
+        "dead_letters",
+        "LivePopularity",
+    ];
+    let found: Vec<String> = session
+        .client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = ANY($1)",
+            &[&expected.to_vec()],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|t| !found.iter().any(|f| f == t))
+        .collect();
+    if missing.is_empty() {
+        checks.push(Check::pass("tables", expected.join(", ")));
+    } else {
+        checks.push(Check::fail(
+            "tables",
+            format!("missing: {}", missing.join(", ")),
+            "run `catlog-live migrate`",
+        ));
+    }
+    if !missing.is_empty() {
+        return checks;
+    }
+
+    // The consumers: lag per partition, and how fresh the newest event is.
+    checks.push(lag(&client, &partitions, &session.client, &group.group_id, topic).await);
+    let newest: Option<DateTime<Utc>> = session
+        .client
+        .query_one("SELECT max(ingested_at) FROM popularity_events", &[])
+        .await
+        .ok()
+        .and_then(|r| r.get(0));
+    checks.push(match newest {
+        None => Check::warn(
+            "freshness",
+            "no events stored yet",
+            "start `produce` and `consume`",
+        ),
+        Some(at) => {
+            let age = (Utc::now() - at).to_std().unwrap_or_default();
+            let text = format!("newest event stored {} ago", human(age));
+            if age > STALE_AFTER {
+                Check::warn("freshness", text, "is a producer running, and a consumer?")
+            } else {
+                Check::pass("freshness", text)
+            }
+        }
+    });
+    checks
+}
+
+async fn lag(
+    client: &Option<std::sync::Arc<rskafka::client::Client>>,
+    partitions: &Option<Vec<i32>>,
+    db: &tokio_postgres::Client,
+    group: &str,
+    topic: &str,
+) -> Check {
+    let (Some(client), Some(partitions)) = (client, partitions) else {
+        return Check::warn(
+            "lag",
+            "unknown: no broker or no topic",
+            "fix the broker and topic first",
+        );
+    };
+    let stored: Vec<(i32, i64)> = match db
+        .query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(e) => return Check::fail("lag", error_text(&e), "run `catlog-live migrate`"),
+    };
+    let mut parts = Vec::new();
+    let mut worst = 0;
+    for &p in partitions {
+        let end = match kafka::partition_client(client, topic, p).await {
+            Ok(pc) => kafka::end_offset(&pc).await,
+            Err(e) => Err(e),
+        };
+        let Ok(end) = end else {
+            parts.push(format!("{p}=?"));
+            continue;
+        };
+        let done = stored.iter().find(|(sp, _)| *sp == p).map_or(0, |(_, o)| *o);
+        let lag = (end - done).max(0);
+        worst = worst.max(lag);
+        parts.push(format!("{p}={lag}"));
+    }
+    let detail = format!("group {group:?}, per partition {}", parts.join(" "));
+    if stored.is_empty() && worst > 0 {
+        Check::warn(
+            "lag",
+            detail,
+            "no consumer of this group has committed yet: start `catlog-live consume`",
+        )
+    } else if worst > LAG_WARN {
+        Check::warn(
+            "lag",
+            detail,
+            "consumers are behind: add `consume` processes or partitions",
+        )
+    } else {
+        Check::pass("lag", detail)
+    }
+}
+
+fn describe_versions(versions: &kafka::ApiVersions) -> String {
+    let name = |key: i16| match key {
+        0 => Some("Produce"),
+        1 => Some("Fetch"),
+        2 => Some("ListOffsets"),
+        3 => Some("Metadata"),
+        19 => Some("CreateTopics"),
+        _ => None,
+    };
+    let known: Vec<String> = versions
+        .iter()
+        .filter_map(|(key, min, max)| name(*key).map(|n| format!("{n} v{min}–{max}")))
+        .collect();
+    format!("{} APIs ({})", versions.len(), known.join(", "))
+}
+
+fn human(age: Duration) -> String {
+    match age.as_secs() {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
