@@ -170,7 +170,8 @@ async fn run_server(
     if let Ok(addr) = listener.local_addr() {
         println!("catlog-live is live at {}", page_url(addr));
     }
-    serve::run(settings, db, pool, client, listener, shutdown).await?;
+    let access = serve::Access::new(options.api_token.clone(), options.allowed_origins.as_deref());
+    serve::run(settings, access, db, pool, client, listener, shutdown).await?;
     Ok(())
 }
 

@@ -268,6 +268,22 @@ pub struct ServerOptions {
     #[arg(long = "broadcast-interval-ms", env = "BROADCAST_INTERVAL_MS", default_value_t = 30_000,
           value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
     pub broadcast_interval_ms: u64,
+
+    /// When set, the page, /api/* and /ws require this token (header
+    /// `Authorization: Bearer <token>` or query `?token=<token>`); /healthz,
+    /// /readyz and /metrics stay open [default: no token].
+    #[arg(
+        long = "api-token",
+        env = "LIVE_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+
+    /// Comma-separated origins allowed to open the WebSocket and call the API
+    /// cross-origin (`*` for any) [default: no Origin check, no CORS].
+    #[arg(long = "allowed-origins", env = "ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<String>,
 }
 
 /// Options of `serve`. The broker is only asked for consumer lag; the group

@@ -86,6 +86,7 @@ async fn two_servers_on_one_database_both_push_every_update() {
     };
     let server = tokio::spawn(catlog_live::serve::run(
         settings,
+        catlog_live::serve::Access::default(),
         database.clone(),
         database.pool(4).unwrap(),
         None,

@@ -7,7 +7,9 @@
 //! * [`routes`] (what requests look like), [`handlers`] (what they do),
 //!   [`models`] (the JSON), [`queries`] (the SQL), [`page`] (the HTML).
 //! * [`trending`] ranks anime by momentum.
+//! * [`access`] checks the API token and the allowed origins.
 
+pub mod access;
 pub mod follow;
 pub mod handlers;
 pub mod hub;
@@ -27,6 +29,7 @@ use rskafka::client::Client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use access::Access;
 pub use follow::FollowSettings;
 use hub::Hub;
 
@@ -35,6 +38,7 @@ use hub::Hub;
 pub struct App {
     pub hub: Arc<Hub>,
     pub pool: Pool,
+    pub access: Arc<Access>,
 }
 
 /// Errors that stop the server.
@@ -57,8 +61,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves on `listener` until `shutdown`; `kafka` is only asked for lag.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     settings: FollowSettings,
+    access: Access,
     db: crate::db::Database,
     pool: Pool,
     kafka: Option<Arc<Client>>,
@@ -69,7 +75,11 @@ pub async fn run(
     let hub = Arc::new(Hub::new());
     let follower = follow::Follower::start(settings, pool.clone(), kafka, Arc::clone(&hub)).await?;
     let following = crate::shutdown::OwnedTask::spawn(follower.run(db, shutdown.clone()));
-    let app = App { hub, pool };
+    let app = App {
+        hub,
+        pool,
+        access: Arc::new(access),
+    };
     let stop = shutdown.clone();
     warp::serve(routes::routes(app, shutdown))
         .incoming(listener)

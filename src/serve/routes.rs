@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
 
-use super::App;
-use super::handlers;
+use super::{App, access, handlers};
 
 /// Largest WebSocket frame the server reads at all; frames above the
 /// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
@@ -27,34 +29,37 @@ pub fn routes(
     app: App,
     shutdown: CancellationToken,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
-    let api = warp::path("api").and(warp::path("live"));
-    let updates = api
-        .and(warp::path("updates"))
+    let auth = access::authorized(Arc::clone(&app.access));
+    let updates = warp::path("updates")
         .and(warp::path::end())
-        .and(warp::get())
         .and(query())
         .and(with_app(app.clone()))
         .and_then(handlers::updates);
-    let trending = api
-        .and(warp::path("trending"))
+    let trending = warp::path("trending")
         .and(warp::path::end())
-        .and(warp::get())
         .and(query())
         .and(with_app(app.clone()))
         .and_then(handlers::trending);
-    let anime = api
-        .and(warp::path("anime"))
+    let anime = warp::path("anime")
         .and(warp::path::param::<String>())
         .and(warp::path::end())
-        .and(warp::get())
         .and(with_app(app.clone()))
         .and_then(handlers::anime);
-    let stats = api
-        .and(warp::path("stats"))
+    let stats = warp::path("stats")
         .and(warp::path::end())
-        .and(warp::get())
         .and(with_app(app.clone()))
         .and_then(handlers::stats);
+    let api = warp::path("api")
+        .and(warp::path("live"))
+        .and(warp::get())
+        .and(auth.clone())
+        .and(updates.or(trending).or(anime).or(stats))
+        .map(Reply::into_response);
+    let api: BoxedFilter<(Response,)> = match access::cors(&app.access) {
+        Some(cors) => api.with(cors).map(Reply::into_response).boxed(),
+        None => api.boxed(),
+    };
+
     let healthz = warp::path("healthz")
         .and(warp::path::end())
         .and(warp::get())
@@ -70,6 +75,7 @@ pub fn routes(
         .and_then(handlers::metrics);
     let index = warp::path::end()
         .and(warp::get())
+        .and(auth.clone())
         .and(query())
         .and(with_app(app.clone()))
         .and_then(handlers::index);
@@ -80,6 +86,8 @@ pub fn routes(
         .and_then(handlers::asset);
     let ws = warp::path("ws")
         .and(warp::path::end())
+        .and(auth)
+        .and(access::origin_checked(Arc::clone(&app.access)))
         .and(warp::ws())
         .and(with_app(app))
         .map(move |ws: warp::ws::Ws, app: App| {
@@ -89,11 +97,7 @@ pub fn routes(
                 .on_upgrade(move |socket| super::ws::session(socket, app.hub, app.pool, shutdown))
         });
 
-    updates
-        .or(trending)
-        .or(anime)
-        .or(stats)
-        .or(healthz)
+    api.or(healthz)
         .or(readyz)
         .or(metrics)
         .or(ws)

@@ -30,6 +30,11 @@ pub struct Stack {
 impl Stack {
     /// Starts consume and serve on a fresh topic and database.
     pub async fn start(partitions: i32, broadcast_every: Duration) -> Self {
+        Self::start_with(partitions, broadcast_every, serve::Access::default()).await
+    }
+
+    /// The same, with access settings for the server.
+    pub async fn start_with(partitions: i32, broadcast_every: Duration, access: serve::Access) -> Self {
         let topic = TestTopic::new(partitions).await;
         let db = TestDb::migrated().await;
         let database: Database = db.url.parse().unwrap();
@@ -60,7 +65,15 @@ impl Stack {
             topic: topic.name.clone(),
             broadcast_every,
         };
-        let server = serve::run(settings, database, pool, Some(kafka), listener, shutdown.clone());
+        let server = serve::run(
+            settings,
+            access,
+            database,
+            pool,
+            Some(kafka),
+            listener,
+            shutdown.clone(),
+        );
         let tasks = vec![
             tokio::spawn(consumer),
             tokio::spawn(async move {
