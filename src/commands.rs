@@ -121,6 +121,9 @@ async fn run_consumer(
     {
         tracing::warn!(topic = %settings.topic, "topic does not exist yet; waiting for a producer to create it");
     }
+    let _retention = options.retention_days.map(|days| {
+        crate::shutdown::OwnedTask::spawn(consume::retention::run(pool.clone(), days, shutdown.clone()))
+    });
     consume::run(settings, db, pool, client, shutdown).await;
     Ok(())
 }

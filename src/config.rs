@@ -234,6 +234,12 @@ pub struct ConsumerOptions {
     #[arg(long = "batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 5000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+
+    /// Keep only this many days of history (older events are deleted in
+    /// small batches; current state and dead letters stay) [default: keep all].
+    #[arg(long = "history-retention-days", env = "HISTORY_RETENTION_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
 }
 
 /// Options of `consume`.

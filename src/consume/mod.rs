@@ -15,6 +15,7 @@
 //!   database rejects for its data is split so the culprit becomes a dead letter.
 
 pub mod leases;
+pub mod retention;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap};

@@ -2,13 +2,17 @@
 //! dedicated sessions for the work that needs one (advisory locks, LISTEN).
 
 mod migrate;
+mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::shutdown::OwnedTask;
 
@@ -41,9 +45,20 @@ pub enum DbError {
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// A parsed `DATABASE_URL`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Database {
     config: Config,
+    /// Set for `sslmode=require`.
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("target", &self.target())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl FromStr for Database {
@@ -58,7 +73,13 @@ impl FromStr for Database {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("catlog-live");
-        Ok(Self { config })
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => {
+                Some(tls::require().map_err(|e| DbError::Migrate(format!("TLS setup: {e}")))?)
+            }
+            _ => None,
+        };
+        Ok(Self { config, tls })
     }
 }
 
@@ -89,16 +110,20 @@ impl Database {
 
     /// Opens one connection.
     pub async fn session(&self) -> Result<Session> {
-        Self::open(&self.config).await
+        self.open(&self.config).await
     }
 
-    async fn open(config: &Config) -> Result<Session> {
-        let (client, connection) = config.connect(NoTls).await?;
-        let driver = OwnedTask::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "database connection closed");
+    async fn open(&self, config: &Config) -> Result<Session> {
+        let (client, driver) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                (client, drive(connection, None))
             }
-        });
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                (client, drive(connection, None))
+            }
+        };
         Ok(Session {
             client,
             _driver: driver,
@@ -132,7 +157,7 @@ impl Database {
         };
         let mut admin = self.config.clone();
         admin.dbname("postgres");
-        let session = Self::open(&admin).await.map_err(|e| match e {
+        let session = self.open(&admin).await.map_err(|e| match e {
             DbError::Query(e) => create_error(error_text(&e)),
             other => other,
         })?;
@@ -158,13 +183,13 @@ impl Database {
 
     /// A pool of `size` connections, opened lazily.
     pub fn pool(&self, size: usize) -> Result<Pool> {
-        let manager = Manager::from_config(
-            self.config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &self.tls {
+            Some(tls) => Manager::from_config(self.config.clone(), tls.clone(), recycling),
+            None => Manager::from_config(self.config.clone(), NoTls, recycling),
+        };
         Pool::builder(manager)
             .max_size(size)
             .wait_timeout(Some(Duration::from_secs(10)))
@@ -188,26 +213,17 @@ pub struct Listener {
 impl Database {
     /// Opens a connection that listens on `channel` (an SQL identifier).
     pub async fn listen(&self, channel: &str) -> Result<Listener> {
-        use futures::StreamExt;
-        use tokio_postgres::AsyncMessage;
-
-        let (client, mut connection) = self.config.connect(NoTls).await?;
         let (tx, notified) = tokio::sync::mpsc::channel(16);
-        let driver = OwnedTask::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        let _ = tx.try_send(n.payload().to_owned());
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "listen connection closed");
-                        break;
-                    }
-                }
+        let (client, driver) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (client, drive(connection, Some(tx)))
             }
-        });
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, drive(connection, Some(tx)))
+            }
+        };
         client.batch_execute(&format!("LISTEN {channel}")).await?;
         Ok(Listener {
             _client: client,
@@ -215,6 +231,37 @@ impl Database {
             _driver: driver,
         })
     }
+}
+
+/// Drives a connection until it closes, passing on notifications if asked.
+fn drive<T>(
+    mut connection: Connection<Socket, T>,
+    notify: Option<tokio::sync::mpsc::Sender<String>>,
+) -> OwnedTask<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::StreamExt;
+    use tokio_postgres::AsyncMessage;
+
+    OwnedTask::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if let Some(tx) = &notify {
+                        // A full channel drops the surplus: each is only a wake-up call.
+                        let _ = tx.try_send(n.payload().to_owned());
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "database connection closed");
+                    break;
+                }
+            }
+        }
+    })
 }
 
 /// The most useful text of a driver error: the server's message when there is one.
