@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::{Stack, next_json, next_of, send};
+use common::stack::{Stack, Ws, next_json, next_of, send};
 use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,6 +21,19 @@ fn score_event(mal_id: i32, title: &str, score: &str) -> (Option<Vec<u8>>, Optio
         Some(mal_id.to_string().into_bytes()),
         Some(value.to_string().into_bytes()),
     )
+}
+
+/// A server that has stored one Cowboy Bebop score, and a client past its snapshot.
+async fn bebop_and_a_client() -> (Stack, Ws) {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
+        .await;
+    stack.wait_for_history(1).await;
+    let mut ws = stack.ws().await;
+    next_of(&mut ws, "snapshot", WAIT).await;
+    (stack, ws)
 }
 
 #[tokio::test]
@@ -118,14 +131,7 @@ async fn two_servers_on_one_database_both_push_every_update() {
 
 #[tokio::test]
 async fn subscribing_to_a_room_sends_the_anime_and_its_changes() {
-    let stack = Stack::start(1, Duration::from_secs(30)).await;
-    stack
-        .topic
-        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
-        .await;
-    stack.wait_for_history(1).await;
-    let mut ws = stack.ws().await;
-    next_of(&mut ws, "snapshot", WAIT).await;
+    let (stack, mut ws) = bebop_and_a_client().await;
 
     send(&mut ws, json!({"type": "subscribe", "malId": 1})).await;
     let anime = next_of(&mut ws, "anime", WAIT).await;
@@ -252,14 +258,7 @@ async fn a_client_that_never_reads_does_not_delay_another() {
 
 #[tokio::test]
 async fn malformed_and_oversized_messages_get_an_error_and_the_connection_carries_on() {
-    let stack = Stack::start(1, Duration::from_secs(30)).await;
-    stack
-        .topic
-        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
-        .await;
-    stack.wait_for_history(1).await;
-    let mut ws = stack.ws().await;
-    next_of(&mut ws, "snapshot", WAIT).await;
+    let (stack, mut ws) = bebop_and_a_client().await;
 
     for bad in [
         "not json",

@@ -75,8 +75,10 @@ pub struct Written {
     pub last_id: Option<i64>,
 }
 
-/// History rows of a batch none of whose records is in the table yet.
-const INSERT_EVENTS: &str = r#"
+/// The insert of a batch's history rows, from arrays.
+macro_rules! insert_events {
+    () => {
+        r#"
 INSERT INTO popularity_events (topic, partition, "offset", mal_id, title, event_type,
                                current_score, live_members, trending_rank, popularity_change, event_time)
 SELECT $1, partition, "offset", mal_id, title, event_type,
@@ -85,21 +87,20 @@ FROM unnest($2::int4[], $3::int8[], $4::int4[], $5::text[], $6::text[],
             $7::text[], $8::int8[], $9::int4[], $10::text[], $11::timestamptz[])
     AS t(partition, "offset", mal_id, title, event_type,
          current_score, live_members, trending_rank, popularity_change, event_time)
-"#;
+"#
+    };
+}
+
+/// History rows of a batch none of whose records is in the table yet.
+const INSERT_EVENTS: &str = insert_events!();
 
 /// The same, skipping records already stored; says which were inserted.
-const INSERT_EVENTS_SKIPPING_STORED: &str = r#"
-INSERT INTO popularity_events (topic, partition, "offset", mal_id, title, event_type,
-                               current_score, live_members, trending_rank, popularity_change, event_time)
-SELECT $1, partition, "offset", mal_id, title, event_type,
-       current_score::numeric, live_members, trending_rank, popularity_change::numeric, event_time
-FROM unnest($2::int4[], $3::int8[], $4::int4[], $5::text[], $6::text[],
-            $7::text[], $8::int8[], $9::int4[], $10::text[], $11::timestamptz[])
-    AS t(partition, "offset", mal_id, title, event_type,
-         current_score, live_members, trending_rank, popularity_change, event_time)
-ON CONFLICT (topic, partition, "offset") DO NOTHING
+const INSERT_EVENTS_SKIPPING_STORED: &str = concat!(
+    insert_events!(),
+    r#"ON CONFLICT (topic, partition, "offset") DO NOTHING
 RETURNING partition, "offset"
-"#;
+"#
+);
 
 /// The current state: each measure only moves to a value at least as new as
 /// the one it shows; every event counts.
