@@ -58,11 +58,6 @@ impl<T> OwnedTask<T> {
             None => None,
         }
     }
-
-    /// Whether the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.0.as_ref().is_none_or(JoinHandle::is_finished)
-    }
 }
 
 impl<T> Drop for OwnedTask<T> {
