@@ -121,6 +121,17 @@ async fn run_consumer(
     {
         tracing::warn!(topic = %settings.topic, "topic does not exist yet; waiting for a producer to create it");
     }
+    let _metrics = match options.metrics_addr {
+        Some(addr) => {
+            let listener = serve::bind(addr).await.context("METRICS_ADDR")?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(crate::shutdown::OwnedTask::spawn(serve::metrics::serve_alone(
+                listener,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let _retention = options.retention_days.map(|days| {
         crate::shutdown::OwnedTask::spawn(consume::retention::run(pool.clone(), days, shutdown.clone()))
     });
@@ -140,7 +151,9 @@ pub async fn serve(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Res
             None
         }
     };
-    let listener = serve::bind(args.server.listen_addr).await?;
+    let listener = serve::bind(args.server.listen_addr)
+        .await
+        .context("LISTEN_ADDR")?;
     run_server(
         &args.kafka,
         &args.group,
@@ -198,7 +211,9 @@ pub async fn all(args: &AllArgs, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     let client = kafka::connect(&args.kafka).await?;
     kafka::ensure_topic(&client, &args.kafka.topic, args.producer.partitions).await?;
-    let listener = serve::bind(args.server.listen_addr).await?;
+    let listener = serve::bind(args.server.listen_addr)
+        .await
+        .context("LISTEN_ADDR")?;
     serve::metrics::handle();
 
     let stop = shutdown.child_token();

@@ -240,6 +240,11 @@ pub struct ConsumerOptions {
     #[arg(long = "history-retention-days", env = "HISTORY_RETENTION_DAYS", value_name = "DAYS",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
+
+    /// Serve this consumer's Prometheus metrics at http://ADDR/metrics
+    /// [default: none; `serve` and `all` have /metrics anyway].
+    #[arg(long = "metrics-addr", env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Options of `consume`.

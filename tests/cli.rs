@@ -131,3 +131,27 @@ async fn migrate_creates_the_database_and_is_safe_to_run_concurrently() {
         .await;
     assert_eq!(tables, 5);
 }
+
+#[tokio::test]
+async fn all_prints_its_url_and_stops_cleanly_on_sigterm() {
+    let db = common::TestDb::new();
+    let topic = common::unique("catlog-all");
+    let mut cmd = common::catlog(&["all"], &topic, &db.url);
+    cmd.env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("PRODUCER_INTERVAL_MS", "100");
+    let mut app = common::Proc::spawn(cmd, "all");
+    common::wait_until(std::time::Duration::from_secs(60), "the page URL", || async {
+        app.output().contains("catlog-live is live at http://127.0.0.1:")
+    })
+    .await;
+    common::wait_until(std::time::Duration::from_secs(60), "events to flow", || async {
+        db.count("SELECT count(*) FROM popularity_events").await > 3
+    })
+    .await;
+    let status = app.terminate();
+    assert_eq!(status.code(), Some(0), "{}", app.output());
+    let log = app.output();
+    for stage in ["producer finished", "consumer stopped", "server stopped"] {
+        assert!(log.contains(stage), "{stage} missing from:\n{log}");
+    }
+}

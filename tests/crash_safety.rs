@@ -198,3 +198,46 @@ async fn replaying_the_whole_topic_counts_nothing_twice() {
     drop(consumer);
     assert_exactly_once(&db, &topic, RECORDS).await;
 }
+
+#[tokio::test]
+async fn consumer_recovers_when_its_database_connections_are_killed() {
+    const RECORDS: i64 = 20_000;
+    let topic = TestTopic::new(3).await;
+    let db = TestDb::migrated().await;
+    topic.publish_simulated(RECORDS as usize, 13).await;
+    let mut cmd = catlog(&["consume"], &topic.name, &db.url);
+    cmd.env("CONSUMER_BATCH_SIZE", "200");
+    let consumer = Proc::spawn(cmd, "consume");
+    wait_until(
+        Duration::from_secs(60),
+        "the consumer to make progress",
+        || async { db.count(HISTORY).await > 0 },
+    )
+    .await;
+
+    // Cut every connection the consumer has, twice, while it drains.
+    let admin = db.connect().await;
+    let kill = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{}' AND application_name = 'catlog-live' AND pid <> pg_backend_pid()",
+        db.name
+    );
+    for _ in 0..2 {
+        let killed: i64 = admin.query_one(&kill, &[]).await.unwrap().get(0);
+        assert!(killed > 0, "the consumer's connections were found");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until(
+        Duration::from_secs(120),
+        "the consumer to finish after reconnecting",
+        || async { db.count(HISTORY).await >= RECORDS },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&db, &topic, RECORDS).await;
+    assert!(
+        consumer.output().contains("retrying"),
+        "the loss was logged:\n{}",
+        consumer.output()
+    );
+}

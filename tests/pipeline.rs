@@ -384,3 +384,35 @@ async fn older_event_never_overwrites_newer_state() {
     assert_eq!(fmab.get::<_, i64>(0), 200_000, "the 19:00 member count stays");
     assert_eq!(fmab.get::<_, i64>(1), 2);
 }
+
+#[tokio::test]
+async fn a_standalone_consumer_exposes_its_metrics() {
+    let topic = TestTopic::new(1).await;
+    let db = TestDb::new();
+    let records = SAMPLES
+        .iter()
+        .map(|v| (Some(b"1".to_vec()), Some(v.as_bytes().to_vec())))
+        .collect();
+    topic.publish_raw(0, records).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = catlog(&["consume"], &topic.name, &db.url);
+    cmd.env("METRICS_ADDR", format!("127.0.0.1:{port}"));
+    let consumer = Proc::spawn(cmd, "consume");
+    wait_for_rows(&db, "SELECT count(*) FROM popularity_events", 3, &consumer).await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    wait_until(WAIT, "the consumer's counters", || async {
+        let text = reqwest::get(&url)
+            .await
+            .ok()
+            .map(|r| async { r.text().await.unwrap_or_default() });
+        match text {
+            Some(body) => body.await.contains("catlog_events_consumed_total 3"),
+            None => false,
+        }
+    })
+    .await;
+}

@@ -19,6 +19,25 @@ pub fn handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Serves only `GET /metrics` on `listener` until `shutdown`: for a
+/// `consume` process, which has no web server of its own.
+pub fn serve_alone(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use warp::Filter;
+
+    handle();
+    let route = warp::path!("metrics")
+        .and(warp::get())
+        .and_then(super::handlers::metrics)
+        .boxed();
+    warp::serve(route)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+}
+
 /// Drains histogram samples into their summaries; call now and then.
 pub fn upkeep() {
     if let Some(handle) = handle() {

@@ -44,7 +44,7 @@ pub struct App {
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} (LISTEN_ADDR): {source}; pick a free address")]
+    #[error("cannot listen on {addr}: {source}; pick a free address")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
