@@ -209,6 +209,44 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
     )
     .unwrap();
 
+    // The server goes away: the page says so, reconnects when it is back,
+    // resumes, and the feed moves on.
+    client.set_window_size(1280, 900).await.unwrap();
+    let mut app = app;
+    assert_eq!(app.terminate().code(), Some(0));
+    wait_js(
+        &client,
+        "the indicator to say reconnecting",
+        "return ['reconnecting', 'offline'].includes(document.getElementById('status').dataset.state)",
+    )
+    .await;
+    let before = js(
+        &client,
+        "return Math.max(...[...document.querySelectorAll('#feed li')].map(li => Number(li.dataset.id)))",
+    )
+    .await;
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut again = catlog(&["all"], &topic, &db.url);
+    again
+        .env("LISTEN_ADDR", &addr)
+        .env("PRODUCER_INTERVAL_MS", "250")
+        .env("BROADCAST_INTERVAL_MS", "2000");
+    let app = Proc::spawn(again, "all-again");
+    wait_js(
+        &client,
+        "the indicator to be connected again",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+    wait_js(
+        &client,
+        "new updates after the reconnect",
+        &format!(
+            "return [...document.querySelectorAll('#feed li')].some(li => Number(li.dataset.id) > {before})"
+        ),
+    )
+    .await;
+
     client.close().await.unwrap();
     drop(driver);
     drop(app);
