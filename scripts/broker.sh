@@ -77,8 +77,9 @@ answers() {
 # Checks PostgreSQL at the URL's host and port; says how to start it if not.
 check_postgres() {
     local url="$1"
-    if command -v psql >/dev/null 2>&1; then
-        psql "$url" -qAtc 'SELECT 1' >/dev/null 2>&1 && return 0
+    # The server must answer; the database itself may not exist yet (it is created).
+    if command -v pg_isready >/dev/null 2>&1; then
+        pg_isready -q -t 5 -d "$url" && return 0
     else
         local hostport; hostport="$(printf '%s' "$url" | sed -E 's|^[a-z]+://([^@/]*@)?([^/?]*).*|\2|')"
         case "$hostport" in *:*) ;; *) hostport="$hostport:5432" ;; esac
