@@ -29,14 +29,7 @@ async fn stack_with_samples() -> Stack {
         .map(|(k, v)| (Some(k.as_bytes().to_vec()), Some(v.as_bytes().to_vec())))
         .collect();
     stack.topic.publish_raw(0, records).await;
-    stack.wait_for_history(3).await;
-    common::wait_until(Duration::from_secs(10), "the server to see the rows", || async {
-        stack.get("/api/live/updates").await.1["updates"]
-            .as_array()
-            .map(Vec::len)
-            == Some(3)
-    })
-    .await;
+    stack.wait_until_served(3).await;
     stack
 }
 

@@ -30,7 +30,7 @@ async fn bebop_and_a_client() -> (Stack, Ws) {
         .topic
         .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
         .await;
-    stack.wait_for_history(1).await;
+    stack.wait_until_served(1).await;
     let mut ws = stack.ws().await;
     next_of(&mut ws, "snapshot", WAIT).await;
     (stack, ws)
@@ -43,14 +43,7 @@ async fn snapshot_first_then_an_update_for_each_new_record() {
         .topic
         .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
         .await;
-    stack.wait_for_history(1).await;
-    common::wait_until(WAIT, "the server to see the row", || async {
-        stack.get("/api/live/updates").await.1["updates"]
-            .as_array()
-            .map(Vec::len)
-            == Some(1)
-    })
-    .await;
+    stack.wait_until_served(1).await;
 
     let mut ws = stack.ws().await;
     let snapshot = next_json(&mut ws, WAIT).await;
@@ -167,14 +160,7 @@ async fn resume_replays_missed_updates_or_answers_resync() {
         .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
         .collect();
     stack.topic.publish_raw(0, records).await;
-    stack.wait_for_history(5).await;
-    common::wait_until(WAIT, "the server to see the rows", || async {
-        stack.get("/api/live/updates").await.1["updates"]
-            .as_array()
-            .map(Vec::len)
-            == Some(5)
-    })
-    .await;
+    stack.wait_until_served(5).await;
     let (_, page) = stack.get("/api/live/updates").await;
     let ids: Vec<i64> = page["updates"]
         .as_array()

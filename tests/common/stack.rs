@@ -117,6 +117,26 @@ impl Stack {
         .await;
     }
 
+    /// Waits until `n` rows are stored and the server itself has them (its
+    /// page lists the latest 50 from memory, as its snapshots do).
+    pub async fn wait_until_served(&self, n: usize) {
+        self.wait_for_history(n as i64).await;
+        super::wait_until(
+            Duration::from_secs(30),
+            &format!("the server to have {n} updates"),
+            || async {
+                let page = reqwest::get(self.url("/"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap_or_default();
+                page.matches(r#"<li class="update "#).count() >= n.min(50)
+            },
+        )
+        .await;
+    }
+
     /// Stops both stages.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
