@@ -22,7 +22,6 @@ use catlog_live::kafka;
 use catlog_live::produce::Simulator;
 use futures::SinkExt;
 use rskafka::client::partition::Compression;
-use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
@@ -145,15 +144,7 @@ async fn publish(
                 .push(event);
         }
         for (p, events) in by_partition {
-            let records = events
-                .iter()
-                .map(|e| Record {
-                    key: Some(e.key()),
-                    value: Some(e.to_bytes()),
-                    headers: BTreeMap::new(),
-                    timestamp: e.timestamp,
-                })
-                .collect();
+            let records = events.iter().map(kafka::record).collect();
             let offsets = partitions[p as usize]
                 .produce(records, Compression::NoCompression)
                 .await?;

@@ -114,13 +114,6 @@ async fn run_consumer(
         start_from: options.start_from,
         batch_size: options.batch_size as usize,
     };
-    if kafka::partitions(&client, &settings.topic)
-        .await
-        .context("listing the topic's partitions")?
-        .is_none()
-    {
-        tracing::warn!(topic = %settings.topic, "topic does not exist yet; waiting for a producer to create it");
-    }
     let _metrics = match options.metrics_addr {
         Some(addr) => {
             let listener = serve::bind(addr).await.context("METRICS_ADDR")?;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
 use crate::config::{DbArgs, GroupArgs, KafkaArgs};
+use crate::consume::lag::{self, LogEnds};
 use crate::db::{Database, DbError, error_text};
 use crate::kafka;
 
@@ -266,34 +267,21 @@ async fn lag(
             "fix the broker and topic first",
         );
     };
-    let stored: Vec<(i32, i64)> = match db
-        .query(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-            &[&group, &topic],
-        )
-        .await
-    {
-        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    let lag = match lag::measure(client, &mut LogEnds::default(), db, group, topic, partitions).await {
+        Ok(lag) => lag,
         Err(e) => return Check::fail("lag", error_text(&e), "run `catlog-live migrate`"),
     };
-    let mut parts = Vec::new();
-    let mut worst = 0;
-    for &p in partitions {
-        let end = match kafka::partition_client(client, topic, p).await {
-            Ok(pc) => kafka::end_offset(&pc).await,
-            Err(e) => Err(e),
-        };
-        let Ok(end) = end else {
-            parts.push(format!("{p}=?"));
-            continue;
-        };
-        let done = stored.iter().find(|(sp, _)| *sp == p).map_or(0, |(_, o)| *o);
-        let lag = (end - done).max(0);
-        worst = worst.max(lag);
-        parts.push(format!("{p}={lag}"));
-    }
+    let parts: Vec<String> = lag
+        .per_partition
+        .iter()
+        .map(|(p, lag)| match lag {
+            Some(lag) => format!("{p}={lag}"),
+            None => format!("{p}=?"),
+        })
+        .collect();
+    let worst = lag.worst();
     let detail = format!("group {group:?}, per partition {}", parts.join(" "));
-    if stored.is_empty() && worst > 0 {
+    if !lag.committed && worst > 0 {
         Check::warn(
             "lag",
             detail,

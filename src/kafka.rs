@@ -8,7 +8,10 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 
+use rskafka::record::Record;
+
 use crate::config::{KafkaArgs, SaslMechanism};
+use crate::event::Event;
 
 /// How long the first connection to the broker may take before we give up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,6 +173,16 @@ pub async fn partition_client(client: &Client, topic: &str, partition: i32) -> R
     Ok(client
         .partition_client(topic, partition, UnknownTopicHandling::Retry)
         .await?)
+}
+
+/// The Kafka record of an event: its malId as key, the sample form as value.
+pub fn record(event: &Event) -> Record {
+    Record {
+        key: Some(event.key()),
+        value: Some(event.to_bytes()),
+        headers: Default::default(),
+        timestamp: event.timestamp,
+    }
 }
 
 /// The partition of a record key, as Kafka's default partitioner chooses it

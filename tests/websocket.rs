@@ -23,14 +23,20 @@ fn score_event(mal_id: i32, title: &str, score: &str) -> (Option<Vec<u8>>, Optio
     )
 }
 
-/// A server that has stored one Cowboy Bebop score, and a client past its snapshot.
-async fn bebop_and_a_client() -> (Stack, Ws) {
+/// A server that has stored and taken in one Cowboy Bebop score.
+async fn bebop_stack() -> Stack {
     let stack = Stack::start(1, Duration::from_secs(30)).await;
     stack
         .topic
         .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
         .await;
     stack.wait_until_served(1).await;
+    stack
+}
+
+/// The same, and a client past its snapshot.
+async fn bebop_and_a_client() -> (Stack, Ws) {
+    let stack = bebop_stack().await;
     let mut ws = stack.ws().await;
     next_of(&mut ws, "snapshot", WAIT).await;
     (stack, ws)
@@ -38,12 +44,7 @@ async fn bebop_and_a_client() -> (Stack, Ws) {
 
 #[tokio::test]
 async fn snapshot_first_then_an_update_for_each_new_record() {
-    let stack = Stack::start(1, Duration::from_secs(30)).await;
-    stack
-        .topic
-        .publish_raw(0, vec![score_event(1, "Cowboy Bebop", "8.75")])
-        .await;
-    stack.wait_until_served(1).await;
+    let stack = bebop_stack().await;
 
     let mut ws = stack.ws().await;
     let snapshot = next_json(&mut ws, WAIT).await;

@@ -7,6 +7,8 @@
 //! ```
 //!
 //! * [`leases`] decides which partitions this process reads.
+//! * [`lag`] measures how far a group is behind (for `serve` and `doctor`).
+//! * [`retention`] optionally deletes old history.
 //! * Fetchers start from the group's stored offset (or the earliest / latest
 //!   record for a new group) and feed the queue; a full queue pauses them.
 //! * The writer drains the queue into batches, turns each record into a
@@ -14,6 +16,7 @@
 //!   ([`store`]). Database errors are retried with backoff; a batch the
 //!   database rejects for its data is split so the culprit becomes a dead letter.
 
+pub mod lag;
 pub mod leases;
 pub mod retention;
 pub mod store;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient};
-use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -127,7 +126,7 @@ async fn publish(partitions: &[PartitionClient], events: &[Event], shutdown: &Ca
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let sends = groups.iter().map(|(&p, batch)| {
-            let records = batch.iter().map(|e| to_record(e)).collect();
+            let records = batch.iter().map(|e| kafka::record(e)).collect();
             async move {
                 (
                     p,
@@ -152,15 +151,6 @@ async fn publish(partitions: &[PartitionClient], events: &[Event], shutdown: &Ca
         if !backoff.wait(shutdown).await {
             return false;
         }
-    }
-}
-
-fn to_record(event: &Event) -> Record {
-    Record {
-        key: Some(event.key()),
-        value: Some(event.to_bytes()),
-        headers: BTreeMap::new(),
-        timestamp: event.timestamp,
     }
 }
 

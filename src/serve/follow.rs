@@ -4,14 +4,13 @@
 //! History ids become visible in commit order (see `consume::store`), so
 //! "rows after the last id seen" never skips a row.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use rskafka::client::Client;
-use rskafka::client::partition::PartitionClient;
 use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
@@ -19,6 +18,7 @@ use super::hub::{Broadcast, Hub};
 use super::models::{ServerMessage, Stats};
 use super::queries::{self, QueryError};
 use super::trending::{HALF_LIFE, Momentum};
+use crate::consume::lag::{self, LogEnds};
 use crate::consume::store::NOTIFY_CHANNEL;
 use crate::db::Database;
 use crate::kafka;
@@ -50,7 +50,7 @@ pub struct Follower {
     last_id: i64,
     /// Rows committed per second (unix seconds), for "events in the last minute".
     per_second: VecDeque<(i64, u64)>,
-    partitions: HashMap<i32, PartitionClient>,
+    log_ends: LogEnds,
 }
 
 impl Follower {
@@ -84,7 +84,7 @@ impl Follower {
             momentum,
             last_id,
             per_second: VecDeque::new(),
-            partitions: HashMap::new(),
+            log_ends: LogEnds::default(),
         };
         for row in &recent {
             follower.count(row.ingested_at.timestamp());
@@ -192,24 +192,22 @@ impl Follower {
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        let stored = queries::stored_offsets(&self.pool, &self.settings.group, topic)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut lag = BTreeMap::new();
-        for p in partitions {
-            let pc = match self.partitions.entry(p) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                    kafka::partition_client(client, topic, p)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-            };
-            let end = kafka::end_offset(pc).await.map_err(|e| e.to_string())?;
-            let done = stored.get(&p).copied().unwrap_or(0);
-            lag.insert(p.to_string(), (end - done).max(0));
-        }
-        Ok(lag)
+        let db = self.pool.get().await.map_err(|e| e.to_string())?;
+        let lag = lag::measure(
+            client,
+            &mut self.log_ends,
+            &db,
+            &self.settings.group,
+            topic,
+            &partitions,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(lag
+            .per_partition
+            .into_iter()
+            .filter_map(|(p, lag)| Some((p.to_string(), lag?)))
+            .collect())
     }
 }
 

@@ -1,7 +1,5 @@
 //! What `serve` reads from PostgreSQL, as named queries with parameters.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use serde_json::{Map, Value};
@@ -194,18 +192,6 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<AnimeDetail>> {
         current,
         history,
     }))
-}
-
-/// The group's stored next offset per partition.
-pub async fn stored_offsets(pool: &Pool, group: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
-    let db = pool.get().await?;
-    let rows = db
-        .query(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-            &[&group, &topic],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Whether the database answers.

@@ -208,12 +208,10 @@ impl TestTopic {
             for _ in 0..chunk {
                 let event = sim.next_event(chrono::Utc::now());
                 let p = catlog_live::kafka::partition_for(&event.key(), self.partitions);
-                by_partition.entry(p).or_default().push(Record {
-                    key: Some(event.key()),
-                    value: Some(event.to_bytes()),
-                    headers: BTreeMap::new(),
-                    timestamp: event.timestamp,
-                });
+                by_partition
+                    .entry(p)
+                    .or_default()
+                    .push(catlog_live::kafka::record(&event));
             }
             for (p, records) in by_partition {
                 clients[p as usize]
