@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(5_000),
+        fetch_wait_ms: 20,
     };
     let started = Instant::now();
     let consumer = tokio::spawn(consume::run(settings, db.clone(), pool, client, shutdown.clone()));
@@ -144,7 +145,10 @@ async fn publish(
                 .push(event);
         }
         for (p, events) in by_partition {
-            let records = events.iter().map(kafka::record).collect();
+            let records = events
+                .iter()
+                .map(|e| kafka::record(e, catlog_live::event::new_event_id()))
+                .collect();
             let offsets = partitions[p as usize]
                 .produce(records, Compression::NoCompression)
                 .await?;

@@ -86,7 +86,7 @@ async fn run_producer(
 pub async fn consume(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db: Database = args.db.database_url.parse()?;
     let pool = db.connect_and_migrate(CONSUMER_POOL_SIZE).await?;
-    let client = kafka::connect(&args.kafka).await?;
+    let client = kafka::connect_reader(&args.kafka).await?;
     run_consumer(
         &args.kafka,
         &args.group,
@@ -113,6 +113,7 @@ async fn run_consumer(
         topic: kafka.topic.clone(),
         start_from: options.start_from,
         batch_size: options.batch_size as usize,
+        fetch_wait_ms: options.fetch_wait_ms,
     };
     let _metrics = match options.metrics_addr {
         Some(addr) => {
@@ -230,16 +231,21 @@ pub async fn all(args: &AllArgs, shutdown: CancellationToken) -> anyhow::Result<
             )
         },
         async {
-            let result = run_consumer(
-                &args.kafka,
-                &args.group,
-                &args.consumer,
-                db.clone(),
-                pool.clone(),
-                client.clone(),
-                stop.clone(),
-            )
-            .await;
+            let result = match kafka::connect_reader(&args.kafka).await {
+                Ok(reader) => {
+                    run_consumer(
+                        &args.kafka,
+                        &args.group,
+                        &args.consumer,
+                        db.clone(),
+                        pool.clone(),
+                        reader,
+                        stop.clone(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e.into()),
+            };
             stage(result)
         },
         async {

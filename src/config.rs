@@ -235,6 +235,13 @@ pub struct ConsumerOptions {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
+    /// Longest the broker may hold a fetch open while no record is there,
+    /// in milliseconds (a broker that holds every fetch this long adds up to
+    /// this much delay to each event).
+    #[arg(long = "fetch-wait-ms", env = "CONSUMER_FETCH_WAIT_MS", default_value_t = 20, value_name = "MS",
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub fetch_wait_ms: i32,
+
     /// Keep only this many days of history (older events are deleted in
     /// small batches; current state and dead letters stay) [default: keep all].
     #[arg(long = "history-retention-days", env = "HISTORY_RETENTION_DAYS", value_name = "DAYS",

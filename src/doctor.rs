@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
 use crate::config::{DbArgs, GroupArgs, KafkaArgs};
-use crate::consume::lag::{self, LogEnds};
+use crate::consume::lag::{self, LogEnds, PartitionLag};
 use crate::db::{Database, DbError, error_text};
 use crate::kafka;
 
@@ -275,13 +275,31 @@ async fn lag(
         .per_partition
         .iter()
         .map(|(p, lag)| match lag {
-            Some(lag) => format!("{p}={lag}"),
-            None => format!("{p}=?"),
+            PartitionLag::Behind(n) => format!("{p}={n}"),
+            PartitionLag::NewLog {
+                stored, log_end, ..
+            } => format!("{p}=NEW-LOG(stored {stored}, log end {log_end})"),
+            PartitionLag::Unknown(_) => format!("{p}=?"),
         })
         .collect();
     let worst = lag.worst();
     let detail = format!("group {group:?}, per partition {}", parts.join(" "));
-    if !lag.committed && worst > 0 {
+    let new_logs: Vec<String> = lag
+        .new_logs()
+        .map(|(p, lag)| match lag {
+            PartitionLag::NewLog { why, .. } => format!("partition {p}: {why}"),
+            _ => format!("partition {p}"),
+        })
+        .collect();
+    if !new_logs.is_empty() {
+        Check::fail(
+            "lag",
+            format!("{detail}; the broker's log is new ({})", new_logs.join("; ")),
+            "the topic was created again or the broker lost its storage, so the stored offsets \
+             belong to an older log; a running `catlog-live consume` starts these partitions again \
+             (CONSUMER_START_FROM) within seconds — start one if none runs",
+        )
+    } else if !lag.committed && worst > 0 {
         Check::warn(
             "lag",
             detail,

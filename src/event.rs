@@ -10,12 +10,22 @@
 //!
 //! Readers accept numbers where the samples show strings and ignore unknown
 //! fields; [`Event`]'s `Serialize` writes the sample form exactly.
+//!
+//! Beside the value, a record may carry a unique event id in the header
+//! [`EVENT_ID_HEADER`]: `produce` stamps every record with one, so a publish
+//! retried after a lost acknowledgement (a second record, same id) is
+//! recognised downstream and counted once. Records of other producers may
+//! have no id; they are taken as they are.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// The record header carrying an event's unique id (a UUID, as text).
+pub const EVENT_ID_HEADER: &str = "catlog-event-id";
 
 /// Largest record value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -143,6 +153,30 @@ pub enum Invalid {
     Missing(&'static str),
     #[error("field `{field}` {problem}")]
     Field { field: &'static str, problem: String },
+    #[error("header `{EVENT_ID_HEADER}` must be a UUID, not {0:?}")]
+    EventId(String),
+}
+
+/// A new event id: a UUIDv7, random but ordered by time, so the history's
+/// index on it grows at one end.
+pub fn new_event_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
+/// The event id a record's headers carry; `None` when there is none.
+pub fn event_id(headers: &BTreeMap<String, Vec<u8>>) -> Result<Option<uuid::Uuid>, Invalid> {
+    let Some(value) = headers.get(EVENT_ID_HEADER) else {
+        return Ok(None);
+    };
+    let shown = || {
+        let text = String::from_utf8_lossy(value);
+        text.chars().take(64).collect::<String>()
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| uuid::Uuid::try_parse(text.trim()).ok())
+        .map(Some)
+        .ok_or_else(|| Invalid::EventId(shown()))
 }
 
 fn bad(field: &'static str, problem: impl Into<String>) -> Invalid {

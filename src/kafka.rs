@@ -8,10 +8,12 @@ use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 
+use chrono::{DateTime, Utc};
 use rskafka::record::Record;
+use uuid::Uuid;
 
 use crate::config::{KafkaArgs, SaslMechanism};
-use crate::event::Event;
+use crate::event::{EVENT_ID_HEADER, Event};
 
 /// How long the first connection to the broker may take before we give up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,8 +45,28 @@ pub enum KafkaError {
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
 
 /// Connects to the brokers `args` name, with their SASL and TLS settings;
-/// gives up with a clear error after a few seconds.
+/// gives up with a clear error after a few seconds. A request that meets a
+/// lost connection is retried inside the client for a few seconds.
 pub async fn connect(args: &KafkaArgs) -> Result<Arc<Client>> {
+    connect_with(args, backoff()).await
+}
+
+/// The same, for reading partitions: a lost connection is reported to the
+/// caller at once instead of retried inside. The broker on the other side
+/// may come back as a new one with new logs, and the consumer must look at
+/// the log again before it reads on (see `consume`).
+pub async fn connect_reader(args: &KafkaArgs) -> Result<Arc<Client>> {
+    connect_with(
+        args,
+        BackoffConfig {
+            deadline: Some(Duration::ZERO),
+            ..backoff()
+        },
+    )
+    .await
+}
+
+async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Client>> {
     let brokers = args.broker_list();
     if brokers.is_empty() {
         return Err(KafkaError::NoBrokers);
@@ -55,7 +77,7 @@ pub async fn connect(args: &KafkaArgs) -> Result<Arc<Client>> {
     };
     let mut builder = ClientBuilder::new(brokers.clone())
         .client_id("catlog-live")
-        .backoff_config(backoff());
+        .backoff_config(backoff);
     if let Some(sasl) = sasl_config(args)? {
         builder = builder.sasl_config(sasl);
     }
@@ -175,14 +197,97 @@ pub async fn partition_client(client: &Client, topic: &str, partition: i32) -> R
         .await?)
 }
 
-/// The Kafka record of an event: its malId as key, the sample form as value.
-pub fn record(event: &Event) -> Record {
+/// The Kafka record of an event: its malId as key, the sample form as
+/// value, and its unique id in the [`EVENT_ID_HEADER`] header.
+pub fn record(event: &Event, id: Uuid) -> Record {
     Record {
         key: Some(event.key()),
         value: Some(event.to_bytes()),
-        headers: Default::default(),
+        headers: [(EVENT_ID_HEADER.to_owned(), id.to_string().into_bytes())].into(),
         timestamp: event.timestamp,
     }
+}
+
+/// What is remembered of a record to recognise its log again: its
+/// timestamp and, when it carries one, its event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMark {
+    pub time: DateTime<Utc>,
+    pub event_id: Option<Uuid>,
+}
+
+impl RecordMark {
+    /// The mark of `record`.
+    pub fn of(record: &Record) -> Self {
+        Self {
+            time: record.timestamp,
+            event_id: crate::event::event_id(&record.headers).ok().flatten(),
+        }
+    }
+}
+
+/// Whether a stored position still belongs to the broker's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogCheck {
+    /// The same log (or nothing contradicts it).
+    Same,
+    /// A new log: the position means nothing in it.
+    New {
+        /// The log's end offset now.
+        log_end: i64,
+        /// Why, in words for the log.
+        why: String,
+    },
+}
+
+/// Checks that `next_offset` (with `mark`, the record just before it, when
+/// known) belongs to the partition's current log. A log whose end is below
+/// the offset is new; so is one holding another record just before it.
+/// When that record is gone (deleted by retention), nothing contradicts
+/// the position and it counts as the same log.
+pub async fn check_log(
+    partition: &PartitionClient,
+    next_offset: i64,
+    mark: Option<RecordMark>,
+) -> Result<LogCheck> {
+    if next_offset <= 0 {
+        return Ok(LogCheck::Same);
+    }
+    let before = next_offset - 1;
+    let (records, high_watermark) = match partition.fetch_records(before, 1..1_048_576, 100).await {
+        Ok(fetched) => fetched,
+        Err(e) if is_offset_out_of_range(&e) => {
+            let log_end = end_offset(partition).await?;
+            return Ok(if log_end < next_offset {
+                LogCheck::New {
+                    log_end,
+                    why: format!("the log ends at {log_end}, below the stored offset {next_offset}"),
+                }
+            } else {
+                LogCheck::Same
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if high_watermark < next_offset {
+        return Ok(LogCheck::New {
+            log_end: high_watermark,
+            why: format!("the log ends at {high_watermark}, below the stored offset {next_offset}"),
+        });
+    }
+    let (Some(mark), Some(found)) = (mark, records.iter().find(|r| r.offset == before)) else {
+        return Ok(LogCheck::Same);
+    };
+    let seen = RecordMark::of(&found.record);
+    let differs = seen.time != mark.time || (mark.event_id.is_some() && seen.event_id != mark.event_id);
+    Ok(if differs {
+        LogCheck::New {
+            log_end: high_watermark,
+            why: format!("the record at offset {before} is not the one stored last"),
+        }
+    } else {
+        LogCheck::Same
+    })
 }
 
 /// The partition of a record key, as Kafka's default partitioner chooses it

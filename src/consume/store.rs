@@ -2,23 +2,36 @@
 //! dead letters and the next offsets commit together or not at all.
 //!
 //! Writing a batch twice is harmless: history and dead letters are unique on
-//! (topic, partition, offset); a batch that meets a stored record is written
-//! again in [`Mode::SkipStored`], where only the rows actually inserted move
-//! the current state and the event counts; offsets only move forward. A transaction-level
-//! advisory lock makes history ids follow commit order, so a reader of "rows
-//! after id N" never misses a late commit.
+//! (topic, partition, log epoch, offset), and history also on the event id a
+//! record carries; a batch that meets a stored record is written again in
+//! [`Mode::SkipStored`], where only the rows actually inserted move the
+//! current state and the event counts; offsets only move forward. So a
+//! publish retried after a lost acknowledgement (a second record with the
+//! same event id) counts once.
+//!
+//! A stored position is only trusted for the log it came from: it carries
+//! the log's epoch, and a batch read from an older log than the one stored
+//! is refused whole ([`CommitError::Stale`]). [`start_new_log`] moves a
+//! partition to a new log.
+//!
+//! Every transaction that writes offsets takes a transaction-level advisory
+//! lock first: history ids then follow commit order, so a reader of "rows
+//! after id N" never misses a late commit, and no two writers of one
+//! partition's position interleave.
 
-use std::collections::BTreeMap;
-
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
+use uuid::Uuid;
 
 use crate::event::{Event, EventType, Measure, Score};
+use crate::kafka::RecordMark;
 
-/// Advisory lock taken by every batch transaction ("catlog-commit").
+/// Advisory lock taken by every transaction that writes offsets ("catlog-commit").
 pub const COMMIT_ORDER_LOCK: i64 = 0x6361_746c_6f67_636f;
 /// Channel `NOTIFY`'d after each batch with new history rows.
 pub const NOTIFY_CHANNEL: &str = "catlog_live_events";
@@ -27,7 +40,10 @@ pub const NOTIFY_CHANNEL: &str = "catlog_live_events";
 #[derive(Debug, Clone)]
 pub struct Row {
     pub partition: i32,
+    pub log_epoch: i32,
     pub offset: i64,
+    /// The record's unique event id, when it carries one.
+    pub event_id: Option<Uuid>,
     pub event: Event,
     /// The record value as received, kept in case the database refuses the row.
     pub raw: Vec<u8>,
@@ -37,10 +53,21 @@ pub struct Row {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub partition: i32,
+    pub log_epoch: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub reason: String,
+}
+
+/// Where a group stands on one partition: the next offset to read, in which
+/// log, and the record just before it (to recognise that log again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub next_offset: i64,
+    pub log_epoch: i32,
+    /// The record at `next_offset - 1`; `None` when not known.
+    pub last: Option<RecordMark>,
 }
 
 /// What one transaction writes.
@@ -48,8 +75,8 @@ pub struct DeadLetter {
 pub struct Batch {
     pub rows: Vec<Row>,
     pub dead_letters: Vec<DeadLetter>,
-    /// Next offset to read, per partition.
-    pub next_offsets: BTreeMap<i32, i64>,
+    /// The position after the batch, per partition.
+    pub positions: BTreeMap<i32, Position>,
 }
 
 impl Batch {
@@ -62,6 +89,26 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The batch without what it holds of `partitions`.
+    pub fn without(&self, partitions: &[i32]) -> Batch {
+        let keep = |p: &i32| !partitions.contains(p);
+        Batch {
+            rows: self.rows.iter().filter(|r| keep(&r.partition)).cloned().collect(),
+            dead_letters: self
+                .dead_letters
+                .iter()
+                .filter(|d| keep(&d.partition))
+                .cloned()
+                .collect(),
+            positions: self
+                .positions
+                .iter()
+                .filter(|(p, _)| keep(p))
+                .map(|(p, pos)| (*p, *pos))
+                .collect(),
+        }
+    }
 }
 
 /// What a committed batch changed.
@@ -71,36 +118,55 @@ pub struct Written {
     pub events: u64,
     /// Dead letters inserted.
     pub dead_letters: u64,
-    /// Highest history id inserted.
-    pub last_id: Option<i64>,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Some record of the batch is stored already (only in [`Mode::Fresh`]).
+    Duplicate,
+    /// The stored position of these partitions is on a newer log than the
+    /// batch was read from: the batch must not be written for them.
+    Stale(Vec<i32>),
+    /// The database refused the data itself (SQLSTATE class 22 or 23).
+    Data(String),
+    /// Anything else: connection, pool, server restarting.
+    Unavailable(String),
+}
+
+impl CommitError {
+    /// Sorts a driver error: a refusal of the data, a duplicate, or trouble.
+    pub fn classify(error: tokio_postgres::Error, mode: Mode) -> Self {
+        match error.code() {
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION && mode == Mode::Fresh => Self::Duplicate,
+            Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
+                Self::Data(crate::db::error_text(&error))
+            }
+            _ => Self::Unavailable(crate::db::error_text(&error)),
+        }
+    }
 }
 
 /// The insert of a batch's history rows, from arrays.
-macro_rules! insert_events {
-    () => {
-        r#"
-INSERT INTO popularity_events (topic, partition, "offset", mal_id, title, event_type,
+const INSERT_EVENTS: &str = r#"
+INSERT INTO popularity_events (topic, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
                                current_score, live_members, trending_rank, popularity_change, event_time)
-SELECT $1, partition, "offset", mal_id, title, event_type,
+SELECT $1, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
        current_score::numeric, live_members, trending_rank, popularity_change::numeric, event_time
-FROM unnest($2::int4[], $3::int8[], $4::int4[], $5::text[], $6::text[],
-            $7::text[], $8::int8[], $9::int4[], $10::text[], $11::timestamptz[])
-    AS t(partition, "offset", mal_id, title, event_type,
+FROM unnest($2::int4[], $3::int4[], $4::int8[], $5::uuid[], $6::int4[], $7::text[], $8::text[],
+            $9::text[], $10::int8[], $11::int4[], $12::text[], $13::timestamptz[])
+    AS t(partition, log_epoch, "offset", event_id, mal_id, title, event_type,
          current_score, live_members, trending_rank, popularity_change, event_time)
-"#
-    };
-}
+"#;
 
-/// History rows of a batch none of whose records is in the table yet.
-const INSERT_EVENTS: &str = insert_events!();
-
-/// The same, skipping records already stored; says which were inserted.
-const INSERT_EVENTS_SKIPPING_STORED: &str = concat!(
-    insert_events!(),
-    r#"ON CONFLICT (topic, partition, "offset") DO NOTHING
-RETURNING partition, "offset"
-"#
-);
+/// The same, skipping records already stored (by position or by event id);
+/// says which were inserted.
+static INSERT_EVENTS_SKIPPING_STORED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"{INSERT_EVENTS} ON CONFLICT DO NOTHING
+RETURNING partition, log_epoch, "offset""#
+    )
+});
 
 /// The current state: each measure only moves to a value at least as new as
 /// the one it shows; every event counts.
@@ -141,33 +207,149 @@ ON CONFLICT (mal_id) DO UPDATE SET
 "#;
 
 const INSERT_DEAD_LETTERS: &str = r#"
-INSERT INTO dead_letters (topic, partition, "offset", record_key, payload, reason)
-SELECT $1, partition, "offset", record_key, payload, reason
-FROM unnest($2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[])
-    AS t(partition, "offset", record_key, payload, reason)
-ON CONFLICT (topic, partition, "offset") DO NOTHING
+INSERT INTO dead_letters (topic, partition, log_epoch, "offset", record_key, payload, reason)
+SELECT $1, partition, log_epoch, "offset", record_key, payload, reason
+FROM unnest($2::int4[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[])
+    AS t(partition, log_epoch, "offset", record_key, payload, reason)
+ON CONFLICT DO NOTHING
 "#;
 
-const SAVE_OFFSETS: &str = r#"
-INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
-SELECT $1, $2, partition, next_offset
-FROM unnest($3::int4[], $4::int8[]) AS t(partition, next_offset)
+/// The stored log epoch of the batch's partitions, to refuse a stale batch.
+const LOAD_EPOCHS: &str = "SELECT partition, log_epoch FROM consumer_offsets \
+     WHERE group_id = $1 AND topic = $2 AND partition = ANY($3)";
+
+/// Moves positions forward only; the record mark follows the offset.
+const SAVE_POSITIONS: &str = r#"
+INSERT INTO consumer_offsets AS co (group_id, topic, partition, next_offset, log_epoch,
+                                    last_record_time, last_event_id)
+SELECT $1, $2, partition, next_offset, log_epoch, last_record_time, last_event_id
+FROM unnest($3::int4[], $4::int8[], $5::int4[], $6::timestamptz[], $7::uuid[])
+    AS t(partition, next_offset, log_epoch, last_record_time, last_event_id)
 ON CONFLICT (group_id, topic, partition) DO UPDATE
-    SET next_offset = greatest(consumer_offsets.next_offset, EXCLUDED.next_offset),
+    SET next_offset = EXCLUDED.next_offset,
+        last_record_time = EXCLUDED.last_record_time,
+        last_event_id = EXCLUDED.last_event_id,
         updated_at = now()
+    WHERE co.log_epoch = EXCLUDED.log_epoch AND co.next_offset <= EXCLUDED.next_offset
 "#;
 
-/// The stored next offset of one partition, if the group has one.
-pub const LOAD_OFFSET: &str =
-    "SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3";
+/// Every stored position of a group on a topic.
+const LOAD_POSITIONS: &str = "SELECT partition, next_offset, log_epoch, last_record_time, last_event_id \
+     FROM consumer_offsets WHERE group_id = $1 AND topic = $2";
+
+/// The group's stored position on every partition of `topic` it has one for.
+pub async fn positions(
+    db: &tokio_postgres::Client,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, Position>, tokio_postgres::Error> {
+    let rows = db.query(LOAD_POSITIONS, &[&group, &topic]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let last = r
+                .get::<_, Option<DateTime<Utc>>>(3)
+                .map(|time| RecordMark {
+                    time,
+                    event_id: r.get(4),
+                });
+            (
+                r.get(0),
+                Position {
+                    next_offset: r.get(1),
+                    log_epoch: r.get(2),
+                    last,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A partition found on a new log, and where reading starts in it.
+#[derive(Debug, Clone)]
+pub struct NewLog {
+    pub partition: i32,
+    /// The position stored for the old log.
+    pub stored: Position,
+    /// The new log's end when it was found.
+    pub log_end: i64,
+    /// The first offset to read in the new log.
+    pub restart_at: i64,
+    /// Why the log counts as new.
+    pub why: String,
+}
+
+impl NewLog {
+    /// The position reading starts from in the new log.
+    pub fn position(&self) -> Position {
+        Position {
+            next_offset: self.restart_at,
+            log_epoch: self.stored.log_epoch + 1,
+            last: None,
+        }
+    }
+}
+
+const START_NEW_LOG: &str = "UPDATE consumer_offsets \
+     SET log_epoch = log_epoch + 1, next_offset = $5, last_record_time = NULL, last_event_id = NULL, \
+         updated_at = now() \
+     WHERE group_id = $1 AND topic = $2 AND partition = $3 AND log_epoch = $4";
+
+const RECORD_LOG_RESET: &str = "INSERT INTO log_resets \
+     (group_id, topic, partition, log_epoch, stored_offset, log_end, restart_at, reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Moves `group`'s position on a partition to a new log (inside `tx`, not
+/// committed here). `false` when the stored position is no longer the one
+/// the new log was found against (another consumer moved it first).
+pub async fn start_new_log(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    new_log: &NewLog,
+) -> Result<bool, tokio_postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
+        .await?;
+    let next = new_log.position();
+    let moved = tx
+        .execute(
+            START_NEW_LOG,
+            &[
+                &group,
+                &topic,
+                &new_log.partition,
+                &new_log.stored.log_epoch,
+                &next.next_offset,
+            ],
+        )
+        .await?;
+    if moved == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        RECORD_LOG_RESET,
+        &[
+            &group,
+            &topic,
+            &new_log.partition,
+            &next.log_epoch,
+            &new_log.stored.next_offset,
+            &new_log.log_end,
+            &next.next_offset,
+            &new_log.why,
+        ],
+    )
+    .await?;
+    Ok(true)
+}
 
 /// How a batch treats records that may already be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Plain inserts: the usual case, a unique violation aborts the transaction.
     Fresh,
-    /// Skips records already stored (a replay, or a partition changing
-    /// hands): only the rows actually inserted move the current state.
+    /// Skips records already stored (a replay, a partition changing hands,
+    /// a retried publish): only the rows actually inserted move the current state.
     SkipStored,
 }
 
@@ -178,56 +360,83 @@ pub async fn write(
     topic: &str,
     batch: &Batch,
     mode: Mode,
-) -> Result<Written, tokio_postgres::Error> {
+) -> Result<Written, CommitError> {
+    let classify = |e| CommitError::classify(e, mode);
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
-        .await?;
+        .await
+        .map_err(classify)?;
+    let stale = stale_partitions(tx, group, topic, batch).await.map_err(classify)?;
+    if !stale.is_empty() {
+        return Err(CommitError::Stale(stale));
+    }
     let mut written = Written::default();
 
     if !batch.rows.is_empty() {
-        let inserted = insert_events(tx, topic, &batch.rows, mode).await?;
+        let inserted = insert_events(tx, topic, &batch.rows, mode).await.map_err(classify)?;
         written.events = inserted.len() as u64;
         if !inserted.is_empty() {
-            written.last_id = tx
-                .query_one(
-                    "SELECT currval(pg_get_serial_sequence('popularity_events', 'id'))",
-                    &[],
-                )
-                .await?
-                .get(0);
-            upsert_live(tx, &inserted).await?;
+            upsert_live(tx, &inserted).await.map_err(classify)?;
         }
     }
 
     if !batch.dead_letters.is_empty() {
         let dead = &batch.dead_letters;
         let partitions: Vec<i32> = dead.iter().map(|d| d.partition).collect();
+        let epochs: Vec<i32> = dead.iter().map(|d| d.log_epoch).collect();
         let offsets: Vec<i64> = dead.iter().map(|d| d.offset).collect();
         let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
         let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
         let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-        let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
+        let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await.map_err(classify)?;
         written.dead_letters = tx
             .execute(
                 &statement,
-                &[&topic, &partitions, &offsets, &keys, &payloads, &reasons],
+                &[&topic, &partitions, &epochs, &offsets, &keys, &payloads, &reasons],
             )
-            .await?;
+            .await
+            .map_err(classify)?;
     }
 
-    if !batch.next_offsets.is_empty() {
-        let partitions: Vec<i32> = batch.next_offsets.keys().copied().collect();
-        let offsets: Vec<i64> = batch.next_offsets.values().copied().collect();
-        let statement = tx.prepare_cached(SAVE_OFFSETS).await?;
-        tx.execute(&statement, &[&group, &topic, &partitions, &offsets])
-            .await?;
+    if !batch.positions.is_empty() {
+        let positions = batch.positions.values();
+        let partitions: Vec<i32> = batch.positions.keys().copied().collect();
+        let offsets: Vec<i64> = positions.clone().map(|p| p.next_offset).collect();
+        let epochs: Vec<i32> = positions.clone().map(|p| p.log_epoch).collect();
+        let times: Vec<Option<DateTime<Utc>>> = positions.clone().map(|p| p.last.map(|m| m.time)).collect();
+        let ids: Vec<Option<Uuid>> = positions.map(|p| p.last.and_then(|m| m.event_id)).collect();
+        let statement = tx.prepare_cached(SAVE_POSITIONS).await.map_err(classify)?;
+        tx.execute(
+            &statement,
+            &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
+        )
+        .await
+        .map_err(classify)?;
     }
 
     if written.events > 0 || written.dead_letters > 0 {
-        let payload = written.last_id.unwrap_or_default().to_string();
-        tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])
-            .await?;
+        tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+            .await
+            .map_err(classify)?;
     }
     Ok(written)
+}
+
+/// Partitions of `batch` whose stored position is on another log.
+async fn stale_partitions(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let partitions: Vec<i32> = batch.positions.keys().copied().collect();
+    let statement = tx.prepare_cached(LOAD_EPOCHS).await?;
+    let stored = tx.query(&statement, &[&group, &topic, &partitions]).await?;
+    Ok(stored
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+        .filter(|(p, epoch)| batch.positions.get(p).is_some_and(|pos| pos.log_epoch != *epoch))
+        .map(|(p, _)| p)
+        .collect())
 }
 
 /// Inserts the history rows; returns those actually inserted.
@@ -238,7 +447,9 @@ async fn insert_events<'a>(
     mode: Mode,
 ) -> Result<Vec<&'a Row>, tokio_postgres::Error> {
     let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
+    let epochs: Vec<i32> = rows.iter().map(|r| r.log_epoch).collect();
     let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.event_id).collect();
     let mal_ids: Vec<i32> = rows.iter().map(|r| r.event.mal_id).collect();
     let titles: Vec<&str> = rows.iter().map(|r| r.event.title.as_str()).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type().as_str()).collect();
@@ -257,10 +468,12 @@ async fn insert_events<'a>(
     }
     let changes: Vec<&str> = rows.iter().map(|r| r.event.popularity_change.as_str()).collect();
     let times: Vec<_> = rows.iter().map(|r| r.event.timestamp).collect();
-    let params: [&(dyn ToSql + Sync); 11] = [
+    let params: [&(dyn ToSql + Sync); 13] = [
         &topic,
         &partitions,
+        &epochs,
         &offsets,
+        &ids,
         &mal_ids,
         &titles,
         &types,
@@ -277,16 +490,16 @@ async fn insert_events<'a>(
             Ok(rows.iter().collect())
         }
         Mode::SkipStored => {
-            let statement = tx.prepare_cached(INSERT_EVENTS_SKIPPING_STORED).await?;
-            let inserted: HashSet<(i32, i64)> = tx
+            let statement = tx.prepare_cached(&INSERT_EVENTS_SKIPPING_STORED).await?;
+            let inserted: HashSet<(i32, i32, i64)> = tx
                 .query(&statement, &params)
                 .await?
                 .iter()
-                .map(|r| (r.get(0), r.get(1)))
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
             Ok(rows
                 .iter()
-                .filter(|r| inserted.contains(&(r.partition, r.offset)))
+                .filter(|r| inserted.contains(&(r.partition, r.log_epoch, r.offset)))
                 .collect())
         }
     }

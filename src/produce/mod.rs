@@ -4,6 +4,13 @@
 //! partitioner would choose, so all events of one anime stay in order. At a
 //! high rate, the events due in one tick are sent as one batch per partition,
 //! all partitions at once.
+//!
+//! Every event gets its unique id once, before the first attempt to publish
+//! it: rskafka has no idempotent producer, so a publish retried after a lost
+//! acknowledgement may land twice, and the id (a record header) is how the
+//! consumer counts it once. A failed publish also looks at the topic again
+//! before retrying: a broker that lost its storage has no topic (or one with
+//! another partition count) until it is created again.
 
 pub mod simulator;
 
@@ -15,10 +22,11 @@ use chrono::Utc;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Pace, ProducerOptions};
-use crate::event::Event;
+use crate::event::{self, Event};
 use crate::kafka::{self, KafkaError};
 use crate::retry::Backoff;
 pub use simulator::Simulator;
@@ -55,14 +63,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<u64, ProduceError> {
     let catalog = catalog(options)?;
-    let count = kafka::ensure_topic(&client, topic, options.partitions).await?;
-    let mut partitions = Vec::with_capacity(count as usize);
-    for p in 0..count {
-        partitions.push(kafka::partition_client(&client, topic, p).await?);
-    }
+    let mut topic = Topic::open(&client, topic, options.partitions).await?;
     tracing::info!(
-        topic,
-        partitions = count,
+        topic = topic.name,
+        partitions = topic.clients.len(),
         anime = catalog.anime().len(),
         ?pace,
         "producing"
@@ -85,8 +89,10 @@ pub async fn run(
         .min(max - sent);
 
         if due > 0 {
-            let events: Vec<Event> = (0..due).map(|_| simulator.next_event(Utc::now())).collect();
-            if !publish(&partitions, &events, &shutdown).await {
+            let events: Vec<(Event, Uuid)> = (0..due)
+                .map(|_| (simulator.next_event(Utc::now()), event::new_event_id()))
+                .collect();
+            if !topic.publish(&client, events, &shutdown).await {
                 break;
             }
             sent += due;
@@ -115,41 +121,85 @@ pub async fn run(
     Ok(sent)
 }
 
-/// Sends `events`, one batch per partition, all partitions at once; retries
-/// with backoff until acknowledged. `false` if shutdown came first.
-async fn publish(partitions: &[PartitionClient], events: &[Event], shutdown: &CancellationToken) -> bool {
-    let mut groups: BTreeMap<i32, Vec<&Event>> = BTreeMap::new();
-    for event in events {
-        let p = kafka::partition_for(&event.key(), partitions.len() as i32);
-        groups.entry(p).or_default().push(event);
+/// The topic and a client per partition.
+struct Topic {
+    name: String,
+    /// Partitions when the topic is created.
+    create_with: i32,
+    clients: Vec<PartitionClient>,
+}
+
+impl Topic {
+    /// Creates the topic unless it exists, and opens its partitions.
+    async fn open(client: &Client, name: &str, create_with: i32) -> Result<Self, KafkaError> {
+        let mut topic = Self {
+            name: name.to_owned(),
+            create_with,
+            clients: Vec::new(),
+        };
+        topic.reopen(client).await?;
+        Ok(topic)
     }
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let sends = groups.iter().map(|(&p, batch)| {
-            let records = batch.iter().map(|e| kafka::record(e)).collect();
-            async move {
-                (
-                    p,
-                    partitions[p as usize]
-                        .produce(records, Compression::NoCompression)
-                        .await,
-                )
+
+    /// Looks at the topic again (creating it if it is gone) and reopens its partitions.
+    async fn reopen(&mut self, client: &Client) -> Result<(), KafkaError> {
+        let count = kafka::ensure_topic(client, &self.name, self.create_with).await?;
+        let mut clients = Vec::with_capacity(count as usize);
+        for p in 0..count {
+            clients.push(kafka::partition_client(client, &self.name, p).await?);
+        }
+        if !self.clients.is_empty() && clients.len() != self.clients.len() {
+            tracing::warn!(
+                topic = self.name,
+                before = self.clients.len(),
+                now = clients.len(),
+                "the topic's partition count changed"
+            );
+        }
+        self.clients = clients;
+        Ok(())
+    }
+
+    /// Sends `events`, one batch per partition, all partitions at once;
+    /// retries with backoff until acknowledged, with the same event ids.
+    /// `false` if shutdown came first.
+    async fn publish(
+        &mut self,
+        client: &Client,
+        mut events: Vec<(Event, Uuid)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let partitions = self.clients.len() as i32;
+            let mut groups: BTreeMap<i32, Vec<(Event, Uuid)>> = BTreeMap::new();
+            for (event, id) in events.drain(..) {
+                let p = kafka::partition_for(&event.key(), partitions);
+                groups.entry(p).or_default().push((event, id));
             }
-        });
-        let results = futures::future::join_all(sends).await;
-        for (p, result) in results {
-            match result {
-                Ok(_) => {
-                    groups.remove(&p);
+            let sends = groups.iter().filter_map(|(&p, batch)| {
+                let partition = self.clients.get(p as usize)?;
+                let records = batch.iter().map(|(e, id)| kafka::record(e, *id)).collect();
+                Some(async move { (p, partition.produce(records, Compression::NoCompression).await) })
+            });
+            for (p, result) in futures::future::join_all(sends).await {
+                match result {
+                    Ok(_) => {
+                        groups.remove(&p);
+                    }
+                    Err(error) => tracing::warn!(partition = p, %error, "publish failed; retrying"),
                 }
-                Err(error) => tracing::warn!(partition = p, %error, "publish failed; retrying"),
             }
-        }
-        if groups.is_empty() {
-            return true;
-        }
-        if !backoff.wait(shutdown).await {
-            return false;
+            events = groups.into_values().flatten().collect();
+            if events.is_empty() {
+                return true;
+            }
+            if !backoff.wait(shutdown).await {
+                return false;
+            }
+            if let Err(error) = self.reopen(client).await {
+                tracing::warn!(topic = self.name, %error, "cannot open the topic; retrying");
+            }
         }
     }
 }

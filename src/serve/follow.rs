@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
 use super::hub::{Broadcast, Hub};
-use super::models::{ServerMessage, Stats};
+use super::models::{NewLogSeen, ServerMessage, Stats};
 use super::queries::{self, QueryError};
 use super::trending::{HALF_LIFE, Momentum};
-use crate::consume::lag::{self, LogEnds};
+use crate::consume::lag::{self, Lag, LogEnds, PartitionLag};
 use crate::consume::store::NOTIFY_CHANNEL;
 use crate::db::Database;
 use crate::kafka;
@@ -168,24 +168,53 @@ impl Follower {
             Ok(lag) => lag,
             Err(error) => {
                 tracing::debug!(%error, "consumer lag unknown");
-                BTreeMap::new()
+                Lag::default()
             }
         };
-        for (partition, value) in &lag {
-            metrics::gauge!("catlog_consumer_lag", "partition" => partition.clone()).set(*value as f64);
+        let mut waiting = BTreeMap::new();
+        let mut new_logs = BTreeMap::new();
+        for (partition, value) in &lag.per_partition {
+            let label = partition.to_string();
+            let Some(n) = value.waiting() else { continue };
+            metrics::gauge!("catlog_consumer_lag", "partition" => label.clone()).set(n as f64);
+            let new_log = match value {
+                PartitionLag::NewLog { stored, log_end, .. } => {
+                    new_logs.insert(
+                        label.clone(),
+                        NewLogSeen {
+                            stored_offset: *stored,
+                            log_end: *log_end,
+                        },
+                    );
+                    1.0
+                }
+                _ => 0.0,
+            };
+            metrics::gauge!("catlog_consumer_new_log", "partition" => label.clone()).set(new_log);
+            waiting.insert(label, n);
+        }
+        for (partition, epoch) in &lag.log_resets {
+            metrics::gauge!("catlog_consumer_log_epoch", "partition" => partition.to_string())
+                .set(f64::from(*epoch));
         }
         super::metrics::upkeep();
         self.hub.set_stats(Stats {
             events_last_minute: self.per_second.iter().map(|(_, n)| n).sum(),
-            lag,
+            lag: waiting,
+            new_logs,
+            log_resets: lag
+                .log_resets
+                .iter()
+                .map(|(p, epoch)| (p.to_string(), *epoch))
+                .collect(),
             ..self.hub.stats()
         });
     }
 
-    /// Per partition: the broker's log end minus the group's stored offset.
-    async fn lag(&mut self) -> Result<BTreeMap<String, i64>, String> {
+    /// The group's lag on every partition of the topic.
+    async fn lag(&mut self) -> Result<Lag, String> {
         let Some(client) = &self.kafka else {
-            return Ok(BTreeMap::new());
+            return Ok(Lag::default());
         };
         let topic = &self.settings.topic;
         let partitions = kafka::partitions(client, topic)
@@ -193,7 +222,7 @@ impl Follower {
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
         let db = self.pool.get().await.map_err(|e| e.to_string())?;
-        let lag = lag::measure(
+        lag::measure(
             client,
             &mut self.log_ends,
             &db,
@@ -202,12 +231,7 @@ impl Follower {
             &partitions,
         )
         .await
-        .map_err(|e| e.to_string())?;
-        Ok(lag
-            .per_partition
-            .into_iter()
-            .filter_map(|(p, lag)| Some((p.to_string(), lag?)))
-            .collect())
+        .map_err(|e| e.to_string())
     }
 }
 

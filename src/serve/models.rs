@@ -41,9 +41,26 @@ pub struct Stats {
     pub rooms: usize,
     /// History rows committed in the last minute.
     pub events_last_minute: u64,
-    /// Per partition: the broker's log end minus the group's stored offset.
+    /// Per partition: records of the broker's log the group has not stored
+    /// (for a partition on a new log, every record of the new log).
     pub lag: BTreeMap<String, i64>,
+    /// Partitions whose stored position belongs to an older log: the
+    /// broker's log is new (topic created again, broker storage lost), and
+    /// a running consumer starts it again within seconds.
+    pub new_logs: BTreeMap<String, NewLogSeen>,
+    /// Per partition, how many times its log has started again.
+    pub log_resets: BTreeMap<String, i32>,
     pub uptime_seconds: u64,
+}
+
+/// A partition seen on a new log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewLogSeen {
+    /// The stored next offset, of the old log.
+    pub stored_offset: i64,
+    /// Where the new log ends.
+    pub log_end: i64,
 }
 
 /// The current state of one anime (`live_popularity`).

@@ -211,7 +211,10 @@ impl TestTopic {
                 by_partition
                     .entry(p)
                     .or_default()
-                    .push(catlog_live::kafka::record(&event));
+                    .push(catlog_live::kafka::record(
+                        &event,
+                        catlog_live::event::new_event_id(),
+                    ));
             }
             for (p, records) in by_partition {
                 clients[p as usize]

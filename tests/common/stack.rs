@@ -39,12 +39,9 @@ impl Stack {
         let db = TestDb::migrated().await;
         let database: Database = db.url.parse().unwrap();
         let pool = database.pool(8).unwrap();
-        let kafka = catlog_live::kafka::connect(&catlog_live::config::KafkaArgs::plain(
-            broker(),
-            topic.name.clone(),
-        ))
-        .await
-        .unwrap();
+        let kafka_args = catlog_live::config::KafkaArgs::plain(broker(), topic.name.clone());
+        let kafka = catlog_live::kafka::connect(&kafka_args).await.unwrap();
+        let reader = catlog_live::kafka::connect_reader(&kafka_args).await.unwrap();
         let shutdown = CancellationToken::new();
         let consumer = consume::run(
             ConsumerSettings {
@@ -52,10 +49,11 @@ impl Stack {
                 topic: topic.name.clone(),
                 start_from: StartFrom::Earliest,
                 batch_size: 500,
+                fetch_wait_ms: 20,
             },
             database.clone(),
             pool.clone(),
-            kafka.clone(),
+            reader,
             shutdown.clone(),
         );
         let listener = serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -1,0 +1,270 @@
+//! One partition's reader: from the group's stored position into the
+//! writer's queue.
+//!
+//! A stored offset only means something in the log it was read from. The
+//! broker on the other end may lose its storage, or the topic may be deleted
+//! and created again: the partition then starts a new log at offset 0, and
+//! waiting at the old offset would skip (or wait for) records that are new
+//! events. So before reading on, after every start and every failed fetch
+//! (a broker that comes back may be a new one), the reader looks at the log:
+//! does it reach the stored offset, and is the record just before it the
+//! one stored last? If not, the partition starts again in the new log
+//! (as `CONSUMER_START_FROM` says), under a new log epoch, so its records
+//! are never taken for the old log's records with the same offsets.
+//!
+//! The move to the new log travels through the queue like the records
+//! ([`Work::NewLog`]), so the writer commits everything read from the old
+//! log before it.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use rskafka::client::Client;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ConsumerSettings;
+use super::store::{self, NewLog, Position};
+use crate::config::StartFrom;
+use crate::db::error_text;
+use crate::kafka::{self, KafkaError, LogCheck, RecordMark};
+use crate::retry::Backoff;
+
+/// Most bytes asked for in one fetch.
+const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
+
+/// What a reader hands the writer, in order.
+#[derive(Debug)]
+pub enum Work {
+    /// Records of one partition, read from the log of `log_epoch`.
+    Records {
+        partition: i32,
+        log_epoch: i32,
+        records: Vec<RecordAndOffset>,
+    },
+    /// The partition's log is new: record the move before any of its records.
+    NewLog(NewLog),
+}
+
+/// Reads one partition into `queue` until the partition is taken away (the
+/// task is dropped) or the writer is gone.
+pub async fn run(
+    settings: ConsumerSettings,
+    pool: Pool,
+    kafka: Arc<Client>,
+    partition: i32,
+    queue: mpsc::Sender<Work>,
+) {
+    // Only dropping this task stops it; the token is never cancelled.
+    let never = CancellationToken::new();
+    let mut backoff = Backoff::standard();
+    let client = loop {
+        match kafka::partition_client(&kafka, &settings.topic, partition).await {
+            Ok(client) => break client,
+            Err(error) => tracing::warn!(partition, %error, "cannot open partition; retrying"),
+        }
+        backoff.wait(&never).await;
+    };
+    let (mut position, mut checked) = loop {
+        match start(&settings, &pool, &client, partition).await {
+            Ok(start) => break start,
+            Err(error) => tracing::warn!(partition, %error, "cannot find the start offset; retrying"),
+        }
+        backoff.wait(&never).await;
+    };
+    tracing::info!(
+        partition,
+        offset = position.next_offset,
+        log_epoch = position.log_epoch,
+        "reading partition"
+    );
+    let reader = Reader {
+        settings,
+        client,
+        partition,
+        queue,
+    };
+    loop {
+        if !checked {
+            match kafka::check_log(&reader.client, position.next_offset, position.last).await {
+                Ok(LogCheck::Same) => checked = true,
+                Ok(LogCheck::New { log_end, why }) => match reader.new_log(position, log_end, why).await {
+                    Ok(Some(next)) => {
+                        position = next;
+                        checked = true;
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "cannot find where the new log starts; retrying");
+                        backoff.wait(&never).await;
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cannot check the partition's log; retrying");
+                    backoff.wait(&never).await;
+                }
+            }
+            continue;
+        }
+        let fetched = reader
+            .client
+            .fetch_records(
+                position.next_offset,
+                1..FETCH_MAX_BYTES,
+                reader.settings.fetch_wait_ms,
+            )
+            .await;
+        match fetched {
+            Ok((records, high_watermark)) => {
+                backoff.reset();
+                if high_watermark < position.next_offset {
+                    // The log ends below where we are: it is not the log we read.
+                    checked = false;
+                    continue;
+                }
+                metrics::gauge!("catlog_consumer_fetch_lag", "partition" => partition.to_string())
+                    .set((high_watermark - position.next_offset) as f64);
+                let records: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.offset >= position.next_offset)
+                    .collect();
+                let Some(last) = records.last() else { continue };
+                position = Position {
+                    next_offset: last.offset + 1,
+                    log_epoch: position.log_epoch,
+                    last: Some(RecordMark::of(&last.record)),
+                };
+                if !reader.send(position.log_epoch, records).await {
+                    return;
+                }
+            }
+            Err(e) if kafka::is_offset_out_of_range(&e) => {
+                match reader.client.get_offset(OffsetAt::Earliest).await {
+                    Ok(earliest) if earliest > position.next_offset => {
+                        tracing::warn!(
+                            partition,
+                            offset = position.next_offset,
+                            earliest,
+                            "records before {earliest} are gone from the broker; skipping ahead"
+                        );
+                        position.next_offset = earliest;
+                        position.last = None;
+                    }
+                    // Beyond the end rather than before the start: look at the log.
+                    Ok(_) => checked = false,
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "offset out of range; retrying");
+                        checked = false;
+                        backoff.wait(&never).await;
+                    }
+                }
+            }
+            Err(error) => {
+                // The broker may come back as another one: look at the log first.
+                tracing::warn!(partition, %error, "fetch failed; retrying");
+                checked = false;
+                backoff.wait(&never).await;
+            }
+        }
+    }
+}
+
+/// Where reading starts: the stored position (still to be checked against
+/// the log), or, for a group with none, where a new group starts (nothing
+/// to check).
+async fn start(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    client: &PartitionClient,
+    partition: i32,
+) -> Result<(Position, bool), String> {
+    let db = pool.get().await.map_err(|e| e.to_string())?;
+    let stored = store::positions(&db, &settings.group, &settings.topic)
+        .await
+        .map_err(|e| error_text(&e))?;
+    if let Some(position) = stored.get(&partition) {
+        return Ok((*position, false));
+    }
+    let next_offset = start_offset(settings.start_from, client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let position = Position {
+        next_offset,
+        log_epoch: 0,
+        last: None,
+    };
+    Ok((position, true))
+}
+
+/// Where `start_from` says reading begins in the partition's log.
+async fn start_offset(start_from: StartFrom, client: &PartitionClient) -> Result<i64, KafkaError> {
+    match start_from {
+        StartFrom::Earliest => Ok(client.get_offset(OffsetAt::Earliest).await?),
+        StartFrom::Latest => kafka::end_offset(client).await,
+    }
+}
+
+struct Reader {
+    settings: ConsumerSettings,
+    client: PartitionClient,
+    partition: i32,
+    queue: mpsc::Sender<Work>,
+}
+
+impl Reader {
+    /// Hands records to the writer, at most a batch per message, so a large
+    /// fetch still commits in batch-sized transactions. `false` once the
+    /// writer is gone.
+    async fn send(&self, log_epoch: i32, mut records: Vec<RecordAndOffset>) -> bool {
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(self.settings.batch_size));
+            let work = Work::Records {
+                partition: self.partition,
+                log_epoch,
+                records,
+            };
+            if self.queue.send(work).await.is_err() {
+                return false;
+            }
+            records = rest;
+        }
+        true
+    }
+
+    /// Starts the partition again in its new log; the position to read from
+    /// there, or `None` once the writer is gone.
+    async fn new_log(
+        &self,
+        stored: Position,
+        log_end: i64,
+        why: String,
+    ) -> Result<Option<Position>, KafkaError> {
+        let restart_at = start_offset(self.settings.start_from, &self.client).await?;
+        let new_log = NewLog {
+            partition: self.partition,
+            stored,
+            log_end,
+            restart_at,
+            why,
+        };
+        tracing::warn!(
+            partition = self.partition,
+            stored_offset = stored.next_offset,
+            log_end,
+            restart_at,
+            log_epoch = stored.log_epoch + 1,
+            "the partition's log is new ({}); reading it from offset {restart_at} (CONSUMER_START_FROM={})",
+            new_log.why,
+            match self.settings.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            }
+        );
+        metrics::counter!("catlog_consumer_log_resets_total", "partition" => self.partition.to_string())
+            .increment(1);
+        let position = new_log.position();
+        Ok(self.queue.send(Work::NewLog(new_log)).await.is_ok().then_some(position))
+    }
+}
