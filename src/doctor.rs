@@ -276,9 +276,9 @@ async fn lag(
         .iter()
         .map(|(p, lag)| match lag {
             PartitionLag::Behind(n) => format!("{p}={n}"),
-            PartitionLag::NewLog {
-                stored, log_end, ..
-            } => format!("{p}=NEW-LOG(stored {stored}, log end {log_end})"),
+            PartitionLag::NewLog { stored, log_end, .. } => {
+                format!("{p}=NEW-LOG(stored {stored}, log end {log_end})")
+            }
             PartitionLag::Unknown(_) => format!("{p}=?"),
         })
         .collect();

@@ -169,6 +169,12 @@ async fn producer_records_pass_our_validator_and_the_seed_format() {
         assert!(stamp.is_match(json["timestamp"].as_str().unwrap()));
     }
     assert_eq!(types.len(), 3, "all three event types appear");
+    let ids: std::collections::HashSet<_> = common::log_records(&common::broker(), &topic.name)
+        .await
+        .iter()
+        .map(|(_, _, record)| common::event_id(record))
+        .collect();
+    assert_eq!(ids.len(), 600, "every record carries an event id of its own");
 
     // Same seed, same sequence (timestamps aside).
     let again = TestTopic::new(3).await;

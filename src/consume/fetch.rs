@@ -265,6 +265,11 @@ impl Reader {
         metrics::counter!("catlog_consumer_log_resets_total", "partition" => self.partition.to_string())
             .increment(1);
         let position = new_log.position();
-        Ok(self.queue.send(Work::NewLog(new_log)).await.is_ok().then_some(position))
+        Ok(self
+            .queue
+            .send(Work::NewLog(new_log))
+            .await
+            .is_ok()
+            .then_some(position))
     }
 }

@@ -23,7 +23,12 @@ pub struct LogEnds {
 }
 
 impl LogEnds {
-    async fn client(&mut self, kafka: &Client, topic: &str, partition: i32) -> Result<&PartitionClient, KafkaError> {
+    async fn client(
+        &mut self,
+        kafka: &Client,
+        topic: &str,
+        partition: i32,
+    ) -> Result<&PartitionClient, KafkaError> {
         Ok(match self.clients.entry(partition) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {

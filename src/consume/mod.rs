@@ -330,10 +330,16 @@ async fn commit_one_by_one(
             positions: [(row.partition, position(row.partition, row.log_epoch, row.offset))].into(),
             ..Batch::default()
         })
-        .chain(batch.dead_letters.iter().map(|dead| Batch {
-            dead_letters: vec![dead.clone()],
-            positions: [(dead.partition, position(dead.partition, dead.log_epoch, dead.offset))].into(),
-            ..Batch::default()
+        .chain(batch.dead_letters.iter().map(|dead| {
+            Batch {
+                dead_letters: vec![dead.clone()],
+                positions: [(
+                    dead.partition,
+                    position(dead.partition, dead.log_epoch, dead.offset),
+                )]
+                .into(),
+                ..Batch::default()
+            }
         }));
     let mut stale: Vec<i32> = Vec::new();
     for single in singles {

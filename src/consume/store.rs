@@ -247,12 +247,10 @@ pub async fn positions(
     Ok(rows
         .iter()
         .map(|r| {
-            let last = r
-                .get::<_, Option<DateTime<Utc>>>(3)
-                .map(|time| RecordMark {
-                    time,
-                    event_id: r.get(4),
-                });
+            let last = r.get::<_, Option<DateTime<Utc>>>(3).map(|time| RecordMark {
+                time,
+                event_id: r.get(4),
+            });
             (
                 r.get(0),
                 Position {
@@ -365,14 +363,18 @@ pub async fn write(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
         .await
         .map_err(classify)?;
-    let stale = stale_partitions(tx, group, topic, batch).await.map_err(classify)?;
+    let stale = stale_partitions(tx, group, topic, batch)
+        .await
+        .map_err(classify)?;
     if !stale.is_empty() {
         return Err(CommitError::Stale(stale));
     }
     let mut written = Written::default();
 
     if !batch.rows.is_empty() {
-        let inserted = insert_events(tx, topic, &batch.rows, mode).await.map_err(classify)?;
+        let inserted = insert_events(tx, topic, &batch.rows, mode)
+            .await
+            .map_err(classify)?;
         written.events = inserted.len() as u64;
         if !inserted.is_empty() {
             upsert_live(tx, &inserted).await.map_err(classify)?;

@@ -167,8 +167,14 @@ impl Database {
                 tracing::info!(database = %name, "created database");
                 Ok(())
             }
-            // Another process created it first.
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+            // Another process created it first (or is creating it right now:
+            // PostgreSQL then reports the clash on its catalog's unique index).
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(create_error(error_text(&e))),
         }
     }

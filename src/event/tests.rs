@@ -206,12 +206,19 @@ fn key_is_the_mal_id_as_text() {
 #[test]
 fn event_ids_come_from_the_header_or_are_absent() {
     let mut headers = std::collections::BTreeMap::new();
-    assert_eq!(event_id(&headers), Ok(None), "records of other producers have none");
+    assert_eq!(
+        event_id(&headers),
+        Ok(None),
+        "records of other producers have none"
+    );
     let id = new_event_id();
     headers.insert(EVENT_ID_HEADER.to_owned(), id.to_string().into_bytes());
     assert_eq!(event_id(&headers), Ok(Some(id)));
     headers.insert(EVENT_ID_HEADER.to_owned(), b"retry-7".to_vec());
     let reason = event_id(&headers).unwrap_err().to_string();
-    assert!(reason.contains(EVENT_ID_HEADER) && reason.contains("retry-7"), "{reason}");
+    assert!(
+        reason.contains(EVENT_ID_HEADER) && reason.contains("retry-7"),
+        "{reason}"
+    );
     assert!(new_event_id() != new_event_id());
 }

@@ -6,6 +6,7 @@
 //! service fails the test with a message saying how to start it.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod stack;
 
 use std::collections::BTreeMap;
@@ -248,6 +249,52 @@ impl TestTopic {
         }
         out
     }
+}
+
+/// Every record of every partition of `topic` on the broker at `broker`:
+/// (partition, offset, record).
+pub async fn log_records(broker: &str, topic: &str) -> Vec<(i32, i64, Record)> {
+    let client = ClientBuilder::new(vec![broker.to_owned()])
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the broker at {broker}: {e}"));
+    let partitions = client
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for p in partitions {
+        let partition = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let end = catlog_live::kafka::end_offset(&partition).await.unwrap();
+        let mut offset = 0;
+        while offset < end {
+            let (records, _) = partition
+                .fetch_records(offset, 1..4_000_000, 1_000)
+                .await
+                .unwrap();
+            let from = offset;
+            for r in records.into_iter().filter(|r| r.offset >= from) {
+                offset = r.offset + 1;
+                out.push((p, r.offset, r.record));
+            }
+        }
+    }
+    out
+}
+
+/// The event id a record carries (panics on a record without a valid one).
+pub fn event_id(record: &Record) -> uuid::Uuid {
+    catlog_live::event::event_id(&record.headers)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("record without a valid event id: {:?}", record.headers))
 }
 
 /// The real `catlog-live` binary as a child process, killed when dropped.

@@ -1,0 +1,246 @@
+//! A broker of the test's own, for tests that break it: a tansu process
+//! (memory storage, so a restart is a new, empty cluster) behind a small
+//! TCP proxy. The broker advertises the proxy's address, so every client
+//! connection, bootstrap or not, passes through the proxy, and the test can
+//! cut them all and let them through again.
+//!
+//! The tansu binary comes from `CATLOG_TEST_TANSU` (set by `scripts/test`),
+//! `tansu` on `PATH`, or the copy `scripts/test` installs.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream as TokioStream};
+use tokio::sync::watch;
+
+use super::Proc;
+
+fn tansu() -> PathBuf {
+    if let Some(path) = std::env::var_os("CATLOG_TEST_TANSU") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("tansu"))
+            .find(|p| p.is_file())
+    });
+    let cached = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/catlog-live/bin/tansu"))
+        .filter(|p| p.is_file());
+    on_path.or(cached).unwrap_or_else(|| {
+        panic!(
+            "no tansu binary for a broker of the test's own: run the tests with scripts/test \
+             (it installs one), or set CATLOG_TEST_TANSU=/path/to/tansu"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A tansu broker of the test's own behind a proxy; stopped when dropped.
+pub struct OwnBroker {
+    /// What clients use (`KAFKA_BROKER`): the proxy's address.
+    pub addr: String,
+    /// The proxy in front of the broker.
+    pub proxy: Proxy,
+    port: u16,
+    process: Option<Proc>,
+}
+
+impl OwnBroker {
+    /// Starts a new, empty broker.
+    pub fn start() -> Self {
+        let port = free_port();
+        let proxy = Proxy::start(port);
+        let mut broker = Self {
+            addr: proxy.addr.clone(),
+            proxy,
+            port,
+            process: None,
+        };
+        broker.start_again();
+        broker
+    }
+
+    /// SIGKILL: the broker and everything it held are gone.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill_hard();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answers(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "the broker's port stays open after kill"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the broker again, empty, on the same address (killing it first if it runs).
+    pub fn start_again(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(tansu());
+        cmd.args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{}", self.port),
+            "--advertised-listener-url",
+            &format!("tcp://{}", self.addr),
+        ])
+        .stdin(Stdio::null());
+        let process = Proc::spawn(cmd, "tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !answers(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start:\n{}",
+                process.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.process = Some(process);
+    }
+}
+
+/// A TCP proxy on its own thread: it forwards connections to the broker,
+/// and can cut every connection (open and new) and let them through again.
+/// It reads the Kafka requests it forwards, so it can also refuse chosen
+/// APIs (say, the group coordinator's) while passing the rest.
+pub struct Proxy {
+    pub addr: String,
+    state: Arc<ProxyState>,
+    _stop: watch::Sender<()>,
+}
+
+struct ProxyState {
+    cut: AtomicBool,
+    /// Bumped on every cut: connections of an older generation close.
+    generation: watch::Sender<u64>,
+    /// Request API keys that close the connection that sends them.
+    blocked: Mutex<HashSet<i16>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Self {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let state = Arc::new(ProxyState {
+            cut: AtomicBool::new(false),
+            generation: watch::channel(0).0,
+            blocked: Mutex::new(HashSet::new()),
+        });
+        let (stop, mut stopped) = watch::channel(());
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("proxy runtime: {e}"));
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        accepted = listener.accept() => {
+                            let Ok((client, _)) = accepted else { continue };
+                            if shared.cut.load(Ordering::SeqCst) {
+                                drop(client);
+                                continue;
+                            }
+                            tokio::spawn(forward(client, upstream, Arc::clone(&shared)));
+                        }
+                    }
+                }
+            });
+        });
+        Self {
+            addr,
+            state,
+            _stop: stop,
+        }
+    }
+
+    /// Closes every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Closes any connection that sends a request with one of these API keys.
+    pub fn block_apis(&self, keys: &[i16]) {
+        let mut blocked = self.state.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        blocked.clear();
+        blocked.extend(keys);
+    }
+}
+
+async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
+    let mut generation = state.generation.subscribe();
+    generation.borrow_and_update();
+    let Ok(server) = TokioStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = async {
+        let _: Option<()> = async {
+            // Kafka requests: a 4-byte size, then the body, whose first two
+            // bytes are the API key.
+            loop {
+                let size = client_read.read_i32().await.ok()?;
+                let mut body = vec![0; usize::try_from(size).ok()?];
+                client_read.read_exact(&mut body).await.ok()?;
+                let key = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+                if state
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&key)
+                {
+                    return None;
+                }
+                server_write.write_all(&size.to_be_bytes()).await.ok()?;
+                server_write.write_all(&body).await.ok()?;
+            }
+        }
+        .await;
+    };
+    let responses = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        _ = requests => {}
+        _ = responses => {}
+        _ = generation.changed() => {}
+    }
+}
