@@ -8,6 +8,11 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const OFFLINE_AFTER_FAILURES = 5;
+  // "Live" only while data flows: connected but silent for far longer than
+  // the usual gap between events reads as stale.
+  const STALE_FACTOR = 10;        // … this many usual gaps without an event
+  const STALE_MIN_MS = 30000;     // … and never sooner than this
+  const GAPS_KEPT = 20;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const TYPE_LABELS = { SCORE_UPDATE: "Score", MEMBER_UPDATE: "Members", TRENDING_CHANGE: "Trending" };
   const ARROWS = { up: "▲", down: "▼", flat: "•" };
@@ -27,6 +32,9 @@
     haveSnapshot: false,   // true once a snapshot was applied; next snapshot merges instead of replacing
     failures: 0,           // consecutive connection attempts that never opened
     retryTimer: null,
+    lastEventAt: null,     // when the newest event arrived (ms, this clock)
+    gaps: [],              // recent gaps between arriving events (ms)
+    statsGapMs: null,      // the server's recent rate, as a gap (ms)
   };
 
   // ---------------------------------------------------------------- helpers
@@ -78,13 +86,58 @@
     return node;
   }
 
-  /** Refresh every relative timestamp (called once a second). */
+  /** Refresh every relative timestamp and the freshness (called once a second). */
   function tick() {
     const now = Date.now();
     for (const node of document.querySelectorAll("time.ago[datetime]")) {
       const text = relativeTime(node.getAttribute("datetime"), now);
       if (node.textContent !== text) node.textContent = text;
     }
+    checkFreshness(now);
+  }
+
+  // ---------------------------------------------------------------- freshness
+
+  /** The usual gap between events: the median of recent gaps, else the server's rate. */
+  function usualGapMs() {
+    if (state.gaps.length >= 3) {
+      const sorted = state.gaps.slice().sort((a, b) => a - b);
+      return sorted[Math.floor(sorted.length / 2)];
+    }
+    return state.statsGapMs;
+  }
+
+  /** An event arrived (now), or a snapshot showed one from `at`. */
+  function noteEvent(at) {
+    const when = Math.min(at, Date.now());
+    if (!Number.isFinite(when)) return;
+    if (state.lastEventAt !== null && when > state.lastEventAt) {
+      state.gaps.push(when - state.lastEventAt);
+      if (state.gaps.length > GAPS_KEPT) state.gaps.shift();
+    }
+    if (state.lastEventAt === null || when > state.lastEventAt) state.lastEventAt = when;
+    checkFreshness(Date.now());
+  }
+
+  /** "45 s", "2 min", "3 h": coarse, so a screen reader is not told every second. */
+  function idleText(ms) {
+    const seconds = Math.floor(ms / 1000);
+    if (seconds < 60) return `${Math.floor(seconds / 10) * 10} s`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+    if (seconds < 86400) return `${Math.floor(seconds / 3600)} h`;
+    return `${Math.floor(seconds / 86400)} d`;
+  }
+
+  /** Connected: Live while events flow, stale after a long silence. */
+  function checkFreshness(now) {
+    const current = $("status").dataset.state;
+    if (current !== "connected" && current !== "stale") return;
+    if (state.lastEventAt === null) return;
+    const gap = usualGapMs();
+    const limit = Math.max(STALE_MIN_MS, gap ? gap * STALE_FACTOR : STALE_MIN_MS);
+    const idle = now - state.lastEventAt;
+    if (idle > limit) setStatus("stale", `Stale: no new events for ${idleText(idle)}`);
+    else setStatus("connected");
   }
 
   // ---------------------------------------------------------------- feed
@@ -331,12 +384,19 @@
       noteId(Number(msg.lastId));
       renderTrending(msg.trending);
       state.haveSnapshot = true;
+      const newest = updates.length ? Date.parse(updates[0].event && updates[0].event.timestamp) : NaN;
+      noteEvent(Number.isFinite(newest) ? newest : Date.now());
     },
-    update: (msg) => addUpdate(msg, true),
+    update(msg) {
+      addUpdate(msg, true);
+      noteEvent(Date.now());
+    },
     trending: (msg) => renderTrending(msg.items),
     stats(msg) {
       setText("stats-connections", fmtInt(msg.connections));
       setText("stats-events", fmtInt(msg.eventsLastMinute));
+      const perMinute = Number(msg.eventsLastMinute);
+      state.statsGapMs = perMinute > 0 ? 60000 / perMinute : null;
     },
     anime: (msg) => msg.malId === state.followed && renderPanel(msg),
     resync(msg) {
@@ -365,11 +425,13 @@
 
   const STATUS_TEXT = { connecting: "Connecting…", connected: "Live", reconnecting: "Reconnecting…", offline: "Offline" };
 
-  function setStatus(name) {
+  function setStatus(name, text) {
     const node = $("status");
-    if (node.dataset.state === name) return; // avoid repeated screen-reader announcements
+    const words = text || STATUS_TEXT[name];
+    // Avoid repeated screen-reader announcements.
+    if (node.dataset.state === name && node.textContent === words) return;
     node.dataset.state = name;
-    node.textContent = STATUS_TEXT[name];
+    node.textContent = words;
   }
 
   function socketUrl() {

@@ -86,7 +86,16 @@ async fn wait_js(client: &Client, what: &str, script: &str) {
         if value == Value::Bool(true) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            let seen = client
+                .execute(
+                    "return document.getElementById('status').outerHTML + ' feed=' + document.querySelectorAll('#feed li').length",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            panic!("timed out waiting for {what}; the page shows {seen}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -103,15 +112,13 @@ fn screenshot_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-#[tokio::test]
-async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
-    let db = TestDb::new();
-    let topic = unique("catlog-browser");
-    let mut cmd = catlog(&["all"], &topic, &db.url);
-    cmd.env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("PRODUCER_INTERVAL_MS", "250")
-        .env("BROADCAST_INTERVAL_MS", "2000")
-        .env("PRODUCER_SEED", "7");
+/// `catlog-live all` on a free port with `env`; the process and the page's URL.
+async fn start_all(topic: &str, db: &TestDb, env: &[(&str, &str)]) -> (Proc, String) {
+    let mut cmd = catlog(&["all"], topic, &db.url);
+    cmd.env("LISTEN_ADDR", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let _ = broker();
     let app = Proc::spawn(cmd, "all");
     let deadline = Instant::now() + WAIT;
@@ -133,6 +140,23 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    (app, url)
+}
+
+#[tokio::test]
+async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
+    let db = TestDb::new();
+    let topic = unique("catlog-browser");
+    let (app, url) = start_all(
+        &topic,
+        &db,
+        &[
+            ("PRODUCER_INTERVAL_MS", "250"),
+            ("BROADCAST_INTERVAL_MS", "2000"),
+            ("PRODUCER_SEED", "7"),
+        ],
+    )
+    .await;
 
     let port = free_port();
     let driver = chromedriver(port);
@@ -250,4 +274,54 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
     client.close().await.unwrap();
     drop(driver);
     drop(app);
+}
+
+#[tokio::test]
+async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back() {
+    let db = TestDb::new();
+    let topic = unique("catlog-stale");
+    // Ten events a quarter second apart, then silence.
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[("PRODUCER_INTERVAL_MS", "250"), ("PRODUCER_MAX_EVENTS", "10")],
+    )
+    .await;
+    let port = free_port();
+    let _driver = chromedriver(port);
+    let client = browser(port).await;
+    client.goto(&url).await.unwrap();
+    wait_js(
+        &client,
+        "the indicator to say Live",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+    wait_js(
+        &client,
+        "the indicator to say stale once events stop",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'stale' && s.textContent.includes('no new events for')",
+    )
+    .await;
+    let color = js(
+        &client,
+        "return getComputedStyle(document.getElementById('status')).color",
+    )
+    .await;
+    assert_ne!(color, "rgb(11, 107, 46)", "stale is not drawn in Live's green");
+
+    // One more event: Live again.
+    let status = catlog(&["produce", "--max-events", "1"], &topic, &db.url)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_js(
+        &client,
+        "the indicator to say Live again",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'connected' && s.textContent === 'Live'",
+    )
+    .await;
+    client.close().await.unwrap();
 }

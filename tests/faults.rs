@@ -197,6 +197,16 @@ async fn broker_killed_mid_load_and_restarted_empty_loses_no_later_event() {
         "serve survives:\n{}",
         server.output()
     );
+    wait_until(
+        Duration::from_secs(30),
+        "serve's stats to show the reset",
+        || async {
+            let (_, stats) = get_json(&format!("http://127.0.0.1:{port}/api/live/stats")).await;
+            let resets = stats["logResets"].as_object().cloned().unwrap_or_default();
+            resets.values().any(|n| n.as_i64() >= Some(1)) && stats["newLogs"] == serde_json::json!({})
+        },
+    )
+    .await;
     let (status, body) = get_json(&format!("http://127.0.0.1:{port}/api/live/updates?limit=1")).await;
     assert_eq!(status, 200);
     let newest = body["updates"][0]["event"]["timestamp"]

@@ -115,6 +115,14 @@ async fn anime_shows_current_state_and_history() {
 #[tokio::test]
 async fn trending_stats_health_and_metrics() {
     let stack = stack_with_samples().await;
+    // The ranking follows the updates it is made from.
+    common::wait_until(Duration::from_secs(20), "three anime trending", || async {
+        stack.get("/api/live/trending").await.1["items"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3)
+    })
+    .await;
     let (status, trending) = stack.get("/api/live/trending").await;
     assert_eq!(status, 200);
     let items = trending["items"].as_array().unwrap();
@@ -132,7 +140,15 @@ async fn trending_stats_health_and_metrics() {
     })
     .await;
     let (_, stats) = stack.get("/api/live/stats").await;
-    for field in ["connections", "rooms", "eventsLastMinute", "lag", "uptimeSeconds"] {
+    for field in [
+        "connections",
+        "rooms",
+        "eventsLastMinute",
+        "lag",
+        "newLogs",
+        "logResets",
+        "uptimeSeconds",
+    ] {
         assert!(stats.get(field).is_some(), "{field} missing from {stats}");
     }
 
@@ -149,6 +165,8 @@ async fn trending_stats_health_and_metrics() {
     for name in [
         "catlog_events_consumed_total",
         "catlog_consumer_lag",
+        "catlog_consumer_new_log",
+        "catlog_consumer_log_epoch",
         "catlog_batch_commit_seconds",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
@@ -173,4 +191,56 @@ async fn page_is_rendered_on_the_server_with_updates_and_trending() {
         assert!(content_type.contains(kind), "{path}: {content_type}");
     }
     stack.stop().await;
+}
+
+#[tokio::test]
+async fn http_edges_answer_head_and_json_errors() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/",
+        "/api/live/updates",
+        "/static/app.js",
+        "/metrics",
+    ] {
+        let response = client.head(stack.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "HEAD {path}");
+        assert!(
+            response.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has no body"
+        );
+    }
+
+    let response = client.post(stack.url("/api/live/updates")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("GET"), "{body}");
+
+    let long = format!("/api/live/updates?limit=1&pad={}", "x".repeat(10_000));
+    let response = client.get(stack.url(&long)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 414);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+
+    let response = client
+        .get(stack.url("/healthz"))
+        .header("x-padding", "y".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("headers"), "{body}");
+
+    let response = client.get(stack.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("image/")
+    );
 }

@@ -12,7 +12,7 @@ use warp::{Rejection, Reply};
 
 use super::App;
 use super::models::{TrendingPage, UpdatesPage};
-use super::page::{APP_CSS, APP_JS, IndexPage, TrendingView, UpdateView};
+use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, TrendingView, UpdateView};
 use super::queries::{self, QueryError};
 
 /// A failure with the status and message the client sees.
@@ -25,6 +25,14 @@ pub struct ApiError {
 impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
+    /// `status` with `message`, as a rejection.
+    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+        warp::reject::custom(Self {
+            status,
+            message: message.into(),
+        })
+    }
+
     /// 400 with `message`.
     pub fn bad_request(message: impl Into<String>) -> Rejection {
         warp::reject::custom(Self {
@@ -192,6 +200,7 @@ pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return Err(ApiError::not_found(format!("no static file {file:?}"))),
     };
     let reply = warp::reply::with_header(body, "content-type", kind);
@@ -203,7 +212,7 @@ pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
 }
 
 /// Every failure as `{"error": "..."}` with the right status.
-pub async fn handle_rejection(err: Rejection) -> Result<impl Reply, Infallible> {
+pub async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, message) = if let Some(api) = err.find::<ApiError>() {
         (api.status, api.message.clone())
     } else if err.is_not_found() {
@@ -211,7 +220,13 @@ pub async fn handle_rejection(err: Rejection) -> Result<impl Reply, Infallible> 
     } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
         (StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
+        let reply = warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({
+                "error": "method not allowed: this server answers GET and HEAD"
+            })),
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
+        return Ok(warp::reply::with_header(reply, "allow", "GET, HEAD").into_response());
     } else if let Some(e) = err.find::<warp::reject::InvalidHeader>() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(e) = err.find::<warp::reject::MissingHeader>() {
@@ -223,5 +238,6 @@ pub async fn handle_rejection(err: Rejection) -> Result<impl Reply, Infallible> 
     Ok(warp::reply::with_status(
         warp::reply::json(&serde_json::json!({ "error": message })),
         status,
-    ))
+    )
+    .into_response())
 }

@@ -62,7 +62,19 @@ fn describe() {
     );
     describe_gauge!(
         "catlog_consumer_lag",
-        "Broker log end minus the group's stored offset, per partition"
+        "Records of the broker's log the group has not stored, per partition (all of a new log's)"
+    );
+    describe_gauge!(
+        "catlog_consumer_new_log",
+        "1 while a partition's stored offset belongs to an older log than the broker's, else 0"
+    );
+    describe_gauge!(
+        "catlog_consumer_log_epoch",
+        "How many times a partition's log has started again, as stored with the group's offsets"
+    );
+    describe_counter!(
+        "catlog_consumer_log_resets_total",
+        "Partitions this consumer found on a new log and started again"
     );
     describe_gauge!(
         "catlog_consumer_fetch_lag",

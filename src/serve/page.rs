@@ -10,6 +10,8 @@ use crate::event::Measure;
 pub const APP_JS: &str = include_str!("../../static/app.js");
 /// `static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
+/// `static/favicon.svg`, also served as `/favicon.ico`.
+pub const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 /// `templates/index.html`.
 #[derive(Template)]

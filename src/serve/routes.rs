@@ -16,6 +16,44 @@ use super::{App, access, handlers};
 /// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
 const WS_MAX_FRAME: usize = 1024 * 1024;
 
+/// Longest request target (path and query) served; longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes served; more gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// `GET`, and `HEAD` wherever `GET` works (the server sends no body for it).
+fn get() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// Requests within the size limits; a JSON 414 or 431 otherwise.
+fn within_limits() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and_then(|path: warp::path::FullPath, query: String, headers: warp::http::HeaderMap| async move {
+            let uri = path.as_str().len() + query.len();
+            if uri > MAX_URI_BYTES {
+                return Err(handlers::ApiError::reject(
+                    warp::http::StatusCode::URI_TOO_LONG,
+                    format!("the request target is {uri} bytes, over the {MAX_URI_BYTES}-byte limit"),
+                ));
+            }
+            let header_bytes: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum();
+            if header_bytes > MAX_HEADER_BYTES {
+                return Err(handlers::ApiError::reject(
+                    warp::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!("the request headers are {header_bytes} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
+                ));
+            }
+            Ok(())
+        })
+        .untuple_one()
+}
+
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
     warp::any().map(move || app.clone())
 }
@@ -51,7 +89,7 @@ pub fn routes(
         .and_then(handlers::stats);
     let api = warp::path("api")
         .and(warp::path("live"))
-        .and(warp::get())
+        .and(get())
         .and(auth.clone())
         .and(updates.or(trending).or(anime).or(stats))
         .map(Reply::into_response);
@@ -62,19 +100,19 @@ pub fn routes(
 
     let healthz = warp::path("healthz")
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get())
         .and_then(handlers::healthz);
     let readyz = warp::path("readyz")
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get())
         .and(with_app(app.clone()))
         .and_then(handlers::readyz);
     let metrics = warp::path("metrics")
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get())
         .and_then(handlers::metrics);
     let index = warp::path::end()
-        .and(warp::get())
+        .and(get())
         .and(auth.clone())
         .and(query())
         .and(with_app(app.clone()))
@@ -82,8 +120,12 @@ pub fn routes(
     let assets = warp::path("static")
         .and(warp::path::param::<String>())
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get())
         .and_then(handlers::asset);
+    let favicon = warp::path("favicon.ico")
+        .and(warp::path::end())
+        .and(get())
+        .and_then(|| handlers::asset("favicon.svg".to_owned()));
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(auth)
@@ -97,11 +139,15 @@ pub fn routes(
                 .on_upgrade(move |socket| super::ws::session(socket, app.hub, app.pool, shutdown))
         });
 
-    api.or(healthz)
-        .or(readyz)
-        .or(metrics)
-        .or(ws)
-        .or(assets)
-        .or(index)
+    within_limits()
+        .and(
+            api.or(healthz)
+                .or(readyz)
+                .or(metrics)
+                .or(ws)
+                .or(assets)
+                .or(favicon)
+                .or(index),
+        )
         .recover(handlers::handle_rejection)
 }
