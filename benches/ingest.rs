@@ -14,15 +14,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use catlog_live::catalog::Catalog;
-use catlog_live::config::StartFrom;
-use catlog_live::consume::{self, ConsumerSettings};
+use catlog_live::config::{Cli, Command};
 use catlog_live::db::Database;
-use catlog_live::event::{Event, Measure};
+use catlog_live::event::{Event, Measure, new_event_id};
 use catlog_live::kafka;
+use catlog_live::pipeline::{Pipeline, Settings};
 use catlog_live::produce::Simulator;
+use clap::Parser;
 use futures::SinkExt;
 use rskafka::client::partition::Compression;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
 
@@ -56,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     kafka::ensure_topic(&client, &topic, PARTITIONS).await?;
     let db: Database = db_url.parse()?;
-    let pool = db.connect_and_migrate(4).await?;
+    db.connect_and_migrate(1).await?;
 
     // The events, published the way the producer does, kept for the COPY.
     let started = Instant::now();
@@ -76,20 +78,30 @@ async fn main() -> anyhow::Result<()> {
     let copy_rate = events as f64 / copy_secs;
     println!("COPY baseline    {events:>8} rows   in {copy_secs:>7.2} s  = {copy_rate:>9.0} rows/s");
 
-    // The consumer, in-process, from an empty group until every row is in.
-    let shutdown = CancellationToken::new();
-    let settings = ConsumerSettings {
-        group: "bench".into(),
-        topic: topic.clone(),
-        start_from: StartFrom::Earliest,
-        batch_size: std::env::var("CONSUMER_BATCH_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5_000),
-        fetch_wait_ms: 20,
+    // The consumer, built as `catlog-live consume` builds it, from an empty
+    // group until every row is in.
+    let batch_size = std::env::var("CONSUMER_BATCH_SIZE").unwrap_or_else(|_| "5000".into());
+    let cli = Cli::try_parse_from([
+        "catlog-live",
+        "consume",
+        "--kafka-broker",
+        &broker,
+        "--kafka-topic",
+        &topic,
+        "--database-url",
+        &db_url,
+        "--group-id",
+        "bench",
+        "--batch-size",
+        &batch_size,
+    ])?;
+    let Command::Consume(args) = cli.command else {
+        anyhow::bail!("not consume")
     };
+    let consumer = Pipeline::build(Settings::from(&args)).await?;
+    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let consumer = tokio::spawn(consume::run(settings, db.clone(), pool, client, shutdown.clone()));
+    let consumer = tokio::spawn(consumer.run(shutdown.clone()));
     loop {
         let n: i64 = session
             .client
@@ -103,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ingest_secs = started.elapsed().as_secs_f64();
     shutdown.cancel();
-    consumer.await?;
+    consumer.await??;
     let ingest_rate = events as f64 / ingest_secs;
     println!("consume ingest   {events:>8} rows   in {ingest_secs:>7.2} s  = {ingest_rate:>9.0} rows/s");
     println!(
@@ -120,12 +132,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A published event: partition, offset, the event and its id.
+type Published = (i32, i64, Event, Uuid);
+
 /// Publishes `n` simulated events; returns them with their partition and offset.
-async fn publish(
-    client: &rskafka::client::Client,
-    topic: &str,
-    n: usize,
-) -> anyhow::Result<Vec<(i32, i64, Event)>> {
+async fn publish(client: &rskafka::client::Client, topic: &str, n: usize) -> anyhow::Result<Vec<Published>> {
     let catalog = Catalog::builtin()?;
     let mut sim = Simulator::new(&catalog, Some(1));
     let mut partitions = Vec::new();
@@ -145,14 +156,12 @@ async fn publish(
                 .push(event);
         }
         for (p, events) in by_partition {
-            let records = events
-                .iter()
-                .map(|e| kafka::record(e, catlog_live::event::new_event_id()))
-                .collect();
+            let events: Vec<(Event, Uuid)> = events.into_iter().map(|e| (e, new_event_id())).collect();
+            let records = events.iter().map(|(e, id)| kafka::record(e, *id)).collect();
             let offsets = partitions[p as usize]
                 .produce(records, Compression::NoCompression)
                 .await?;
-            out.extend(offsets.into_iter().zip(events).map(|(o, e)| (p, o, e)));
+            out.extend(offsets.into_iter().zip(events).map(|(o, (e, id))| (p, o, e, id)));
         }
         left -= chunk;
     }
@@ -160,20 +169,16 @@ async fn publish(
 }
 
 /// COPYs the rows as CSV; returns the seconds it took (text built beforehand).
-async fn copy(
-    client: &tokio_postgres::Client,
-    topic: &str,
-    rows: &[(i32, i64, Event)],
-) -> anyhow::Result<f64> {
-    let mut csv = String::with_capacity(rows.len() * 128);
-    for (p, o, e) in rows {
+async fn copy(client: &tokio_postgres::Client, topic: &str, rows: &[Published]) -> anyhow::Result<f64> {
+    let mut csv = String::with_capacity(rows.len() * 160);
+    for (p, o, e, id) in rows {
         let (score, members, rank) = match e.measure {
             Measure::Score(s) => (s.to_string(), String::new(), String::new()),
             Measure::Members(m) => (String::new(), m.to_string(), String::new()),
             Measure::Rank(r) => (String::new(), String::new(), r.to_string()),
         };
         csv.push_str(&format!(
-            "{topic},{p},{o},{},\"{}\",{},{score},{members},{rank},{},{}\n",
+            "{topic},{p},{o},{id},{},\"{}\",{},{score},{members},{rank},{},{}\n",
             e.mal_id,
             e.title.replace('"', "\"\""),
             e.event_type(),
@@ -184,7 +189,7 @@ async fn copy(
     let started = Instant::now();
     let sink = client
         .copy_in(
-            "COPY copy_baseline (topic, partition, \"offset\", mal_id, title, event_type, current_score, \
+            "COPY copy_baseline (topic, partition, \"offset\", event_id, mal_id, title, event_type, current_score, \
              live_members, trending_rank, popularity_change, event_time) FROM STDIN (FORMAT csv)",
         )
         .await?;

@@ -126,6 +126,11 @@ impl KafkaArgs {
     }
 }
 
+/// `DATABASE_URL` when none is given.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/catlog";
+/// `CONSUMER_GROUP_ID` when none is given.
+pub const DEFAULT_GROUP_ID: &str = "catlog-live";
+
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
@@ -133,11 +138,19 @@ pub struct DbArgs {
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/catlog",
+        default_value = DEFAULT_DATABASE_URL,
         value_name = "URL",
         hide_env_values = true
     )]
     pub database_url: String,
+}
+
+impl Default for DbArgs {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+        }
+    }
 }
 
 /// Options of `produce`.
@@ -217,10 +230,18 @@ pub struct GroupArgs {
     #[arg(
         long = "group-id",
         env = "CONSUMER_GROUP_ID",
-        default_value = "catlog-live",
+        default_value = DEFAULT_GROUP_ID,
         value_name = "NAME"
     )]
     pub group_id: String,
+}
+
+impl Default for GroupArgs {
+    fn default() -> Self {
+        Self {
+            group_id: DEFAULT_GROUP_ID.to_owned(),
+        }
+    }
 }
 
 /// How the consumer runs.

@@ -1,15 +1,18 @@
 //! `doctor`: one line per check with PASS, WARN or FAIL and what to do.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
+use rskafka::client::Client;
+
 use crate::config::{DbArgs, GroupArgs, KafkaArgs};
-use crate::consume::lag::{self, LogEnds, PartitionLag};
-use crate::db::{Database, DbError, error_text};
+use crate::db::{Database, DbError, Session, error_text};
 use crate::kafka;
+use crate::store::{LogEnds, PartitionLag, lag};
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,67 +86,100 @@ const LAG_WARN: i64 = 10_000;
 /// Newest event older than this: is anything producing?
 const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 
-/// Runs every check, in order.
+/// Runs every check, in order; a check that depends on a failed one says so.
 pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) -> Vec<Check> {
     let mut checks = Vec::new();
-    let topic = &kafka_args.topic;
+    let (broker, client) = broker(kafka_args).await;
+    checks.push(broker);
+    let (topic, partitions) = topic(client.as_deref(), &kafka_args.topic).await;
+    checks.push(topic);
 
-    // The broker, and the topic on it.
-    let brokers = kafka_args.brokers.as_str();
-    let client = match kafka::connect(kafka_args).await {
+    let (database, session) = database(db_args).await;
+    checks.push(database);
+    let Some((db, session)) = session else {
+        return checks;
+    };
+    checks.push(migrations(&db).await);
+    let tables = tables(&session.client).await;
+    let tables_ok = tables.verdict == Verdict::Pass;
+    checks.push(tables);
+    if !tables_ok {
+        return checks;
+    }
+    checks.push(
+        lag(
+            client.as_deref(),
+            partitions.as_deref(),
+            &session.client,
+            &group.group_id,
+            &kafka_args.topic,
+        )
+        .await,
+    );
+    checks.push(freshness(&session.client).await);
+    checks
+}
+
+/// Whether the broker answers, and which API versions it speaks.
+async fn broker(args: &KafkaArgs) -> (Check, Option<Arc<Client>>) {
+    match kafka::connect(args).await {
         Ok(client) => {
-            let versions = match kafka_args.broker_list().first() {
-                Some(first) if !kafka_args.tls => match kafka::api_versions(first).await {
+            let versions = match args.broker_list().first() {
+                Some(first) if !args.tls => match kafka::api_versions(first).await {
                     Ok(v) => describe_versions(&v),
                     Err(e) => format!("API versions unknown: {e}"),
                 },
                 _ => "API versions not probed over TLS".to_owned(),
             };
-            checks.push(Check::pass("broker", format!("{brokers} answers; {versions}")));
-            Some(client)
+            let check = Check::pass("broker", format!("{} answers; {versions}", args.brokers));
+            (check, Some(client))
         }
-        Err(e) => {
-            // The error already says what to do.
-            checks.push(Check {
+        // The error already says what to do.
+        Err(e) => (
+            Check {
                 fix: None,
                 ..Check::fail("broker", e.to_string(), "")
-            });
-            None
-        }
+            },
+            None,
+        ),
+    }
+}
+
+/// Whether the topic exists, and its partitions.
+async fn topic(client: Option<&Client>, topic: &str) -> (Check, Option<Vec<i32>>) {
+    let Some(client) = client else {
+        return (
+            Check::fail("topic", "not checked: no broker", "fix the broker first"),
+            None,
+        );
     };
-    let mut partitions = None;
-    match &client {
-        Some(client) => match kafka::partitions(client, topic).await {
-            Ok(Some(p)) => {
-                checks.push(Check::pass(
-                    "topic",
-                    format!("{topic:?} has {} partitions", p.len()),
-                ));
-                partitions = Some(p);
-            }
-            Ok(None) => checks.push(Check::fail(
+    match kafka::partitions(client, topic).await {
+        Ok(Some(p)) => (
+            Check::pass("topic", format!("{topic:?} has {} partitions", p.len())),
+            Some(p),
+        ),
+        Ok(None) => (
+            Check::fail(
                 "topic",
                 format!("{topic:?} does not exist"),
                 "start `catlog-live produce` (it creates the topic) or fix KAFKA_TOPIC",
-            )),
-            Err(e) => checks.push(Check::fail("topic", e.to_string(), "check the broker's logs")),
-        },
-        None => checks.push(Check::fail(
-            "topic",
-            "not checked: no broker",
-            "fix the broker first",
-        )),
+            ),
+            None,
+        ),
+        Err(e) => (
+            Check::fail("topic", e.to_string(), "check the broker's logs"),
+            None,
+        ),
     }
+}
 
-    // The database, its migrations and tables.
-    let db = match db_args.database_url.parse::<Database>() {
+/// Whether the database answers; a session to it when it does.
+async fn database(args: &DbArgs) -> (Check, Option<(Database, Session)>) {
+    let db = match args.database_url.parse::<Database>() {
         Ok(db) => db,
-        Err(e) => {
-            checks.push(Check::fail("database", e.to_string(), "fix DATABASE_URL"));
-            return checks;
-        }
+        Err(e) => return (Check::fail("database", e.to_string(), "fix DATABASE_URL"), None),
     };
-    let session = match db.session().await {
+    match db.session().await {
         Ok(session) => {
             let version: String = session
                 .client
@@ -151,90 +187,90 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or_default();
-            checks.push(Check::pass(
+            let check = Check::pass(
                 "database",
                 format!("{} answers (PostgreSQL {version})", db.target()),
-            ));
-            session
+            );
+            (check, Some((db, session)))
         }
-        Err(DbError::Query(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-            checks.push(Check::fail(
+        Err(DbError::Query(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => (
+            Check::fail(
                 "database",
                 format!("database {:?} does not exist", db.name()),
                 "run `catlog-live migrate` (it creates the database)",
-            ));
-            return checks;
-        }
-        Err(DbError::Query(e)) => {
-            checks.push(Check::fail(
+            ),
+            None,
+        ),
+        Err(DbError::Query(e)) => (
+            Check::fail(
                 "database",
                 format!("cannot connect to {}: {}", db.target(), error_text(&e)),
                 "start PostgreSQL or fix DATABASE_URL",
-            ));
-            return checks;
-        }
-        Err(e) => {
-            checks.push(Check::fail("database", e.to_string(), "fix DATABASE_URL"));
-            return checks;
-        }
-    };
-    match crate::db::pending(&db).await {
-        Ok(p) if p.is_empty() => checks.push(Check::pass("migrations", "all applied")),
-        Ok(p) => checks.push(Check::fail(
+            ),
+            None,
+        ),
+        Err(e) => (Check::fail("database", e.to_string(), "fix DATABASE_URL"), None),
+    }
+}
+
+/// Whether every migration is applied.
+async fn migrations(db: &Database) -> Check {
+    match crate::db::pending(db).await {
+        Ok(p) if p.is_empty() => Check::pass("migrations", "all applied"),
+        Ok(p) => Check::fail(
             "migrations",
             format!("{} pending: {}", p.len(), p.join(", ")),
             "run `catlog-live migrate`",
-        )),
-        Err(e) => checks.push(Check::fail(
-            "migrations",
-            e.to_string(),
-            "run `catlog-live migrate`",
-        )),
+        ),
+        Err(e) => Check::fail("migrations", e.to_string(), "run `catlog-live migrate`"),
     }
-    let expected = [
-        "live_popularity",
-        "popularity_events",
-        "consumer_offsets",
-        "dead_letters",
-        "LivePopularity",
-    ];
-    let found: Vec<String> = session
-        .client
+}
+
+/// The tables and the view the pipeline needs.
+const TABLES: [&str; 6] = [
+    "live_popularity",
+    "popularity_events",
+    "consumer_offsets",
+    "dead_letters",
+    "log_resets",
+    "LivePopularity",
+];
+
+/// Whether the tables are there.
+async fn tables(db: &tokio_postgres::Client) -> Check {
+    let found: Vec<String> = db
         .query(
             "SELECT table_name::text FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_name = ANY($1)",
-            &[&expected.to_vec()],
+            &[&TABLES.to_vec()],
         )
         .await
         .map(|rows| rows.iter().map(|r| r.get(0)).collect())
         .unwrap_or_default();
-    let missing: Vec<&str> = expected
+    let missing: Vec<&str> = TABLES
         .iter()
         .copied()
         .filter(|t| !found.iter().any(|f| f == t))
         .collect();
     if missing.is_empty() {
-        checks.push(Check::pass("tables", expected.join(", ")));
+        Check::pass("tables", TABLES.join(", "))
     } else {
-        checks.push(Check::fail(
+        Check::fail(
             "tables",
             format!("missing: {}", missing.join(", ")),
             "run `catlog-live migrate`",
-        ));
+        )
     }
-    if !missing.is_empty() {
-        return checks;
-    }
+}
 
-    // The consumers: lag per partition, and how fresh the newest event is.
-    checks.push(lag(&client, &partitions, &session.client, &group.group_id, topic).await);
-    let newest: Option<DateTime<Utc>> = session
-        .client
+/// How fresh the newest stored event is.
+async fn freshness(db: &tokio_postgres::Client) -> Check {
+    let newest: Option<DateTime<Utc>> = db
         .query_one("SELECT max(ingested_at) FROM popularity_events", &[])
         .await
         .ok()
         .and_then(|r| r.get(0));
-    checks.push(match newest {
+    match newest {
         None => Check::warn(
             "freshness",
             "no events stored yet",
@@ -249,13 +285,13 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
                 Check::pass("freshness", text)
             }
         }
-    });
-    checks
+    }
 }
 
+/// The group's lag per partition; a new log is a failure with the fix.
 async fn lag(
-    client: &Option<std::sync::Arc<rskafka::client::Client>>,
-    partitions: &Option<Vec<i32>>,
+    client: Option<&Client>,
+    partitions: Option<&[i32]>,
     db: &tokio_postgres::Client,
     group: &str,
     topic: &str,
@@ -269,7 +305,7 @@ async fn lag(
     };
     let lag = match lag::measure(client, &mut LogEnds::default(), db, group, topic, partitions).await {
         Ok(lag) => lag,
-        Err(e) => return Check::fail("lag", error_text(&e), "run `catlog-live migrate`"),
+        Err(e) => return Check::fail("lag", e.to_string(), "run `catlog-live migrate`"),
     };
     let parts: Vec<String> = lag
         .per_partition

@@ -8,18 +8,32 @@
 //!
 //! A map of the crate, in pipeline order:
 //!
-//! * [`config`] — the command line and environment (`clap`), shared by every command.
-//! * [`catalog`] — the anime the simulator starts from (compiled in, or a user's file).
-//! * [`event`] — the wire format of one popularity event and its validation; the one
-//!   place that decides what a valid event is.
-//! * [`kafka`] — connecting to the broker, creating the topic, choosing a partition.
+//! The stages, each a module of its own that never imports another:
+//!
 //! * [`produce`] — the simulator and the producer loop.
-//! * [`db`] — the connection pool, database creation and migrations.
-//! * [`doctor`] — checks of broker, topic, database, tables, lag and freshness.
-//! * [`consume`] — partition leases, fetching, and the exactly-once batch writer.
+//! * [`consume`] — partition leases, readers, and the exactly-once batch writer.
+//! * [`serve`] — the live page, WebSocket feed, REST API and health.
+//!
+//! What they share, below them:
+//!
+//! * [`event`] — the wire format of one popularity event and its validation;
+//!   the one place that decides what a valid event is.
+//! * [`store`] — the PostgreSQL contract between the stages: history, current
+//!   state, dead letters, positions, lag; what `consume` writes and `serve`
+//!   and `doctor` read.
+//! * [`kafka`] — connecting to the broker, the topic, records, a log's identity.
+//! * [`db`] — the connection pool, database creation, migrations, LISTEN.
+//! * [`metrics`] — the process's Prometheus metrics and their route.
+//! * [`catalog`] — the anime the simulator starts from (compiled in, or a user's file).
+//! * [`config`] — the command line and environment (`clap`), shared by every command.
 //! * [`retry`] — backoff for the loops that retry lost connections.
-//! * [`serve`] — the live page, WebSocket feed, REST API, health and metrics.
 //! * [`shutdown`] — SIGINT/SIGTERM turned into a cancellation token.
+//!
+//! Above them:
+//!
+//! * [`pipeline`] — the one builder: the stages a command runs, wired from
+//!   its settings (the tests start it the same way).
+//! * [`commands`] — what each command does; [`doctor`] — the checks.
 //!
 //! Every long-running function takes its dependencies and a
 //! [`CancellationToken`](tokio_util::sync::CancellationToken) as arguments.
@@ -32,7 +46,10 @@ pub mod db;
 pub mod doctor;
 pub mod event;
 pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
 pub mod produce;
 pub mod retry;
 pub mod serve;
 pub mod shutdown;
+pub mod store;

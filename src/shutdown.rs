@@ -1,7 +1,7 @@
 //! Graceful shutdown: SIGINT and SIGTERM cancel one token that every
-//! long-running task watches; spawned tasks have owners that stop them.
+//! long-running task watches. Spawned tasks have owners that stop them
+//! (`tokio_util::task::AbortOnDropHandle`).
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first SIGINT (ctrl-c) or SIGTERM.
@@ -35,35 +35,4 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// A spawned task that is aborted when its owner drops it.
-#[derive(Debug)]
-pub struct OwnedTask<T>(Option<JoinHandle<T>>);
-
-impl<T> OwnedTask<T> {
-    /// Spawns `future`, owned by the returned value.
-    pub fn spawn<F>(future: F) -> Self
-    where
-        F: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        Self(Some(tokio::spawn(future)))
-    }
-
-    /// Waits for the task to finish on its own; `None` if it panicked or was aborted.
-    pub async fn join(mut self) -> Option<T> {
-        match self.0.take() {
-            Some(handle) => handle.await.ok(),
-            None => None,
-        }
-    }
-}
-
-impl<T> Drop for OwnedTask<T> {
-    fn drop(&mut self) {
-        if let Some(handle) = &self.0 {
-            handle.abort();
-        }
-    }
 }

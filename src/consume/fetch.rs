@@ -25,12 +25,11 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ConsumerSettings;
-use super::store::{self, NewLog, Position};
+use super::{ConsumeError, ConsumerSettings};
 use crate::config::StartFrom;
-use crate::db::error_text;
 use crate::kafka::{self, KafkaError, LogCheck, RecordMark};
 use crate::retry::Backoff;
+use crate::store::{NewLog, Position, positions};
 
 /// Most bytes asked for in one fetch.
 const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
@@ -50,7 +49,7 @@ pub enum Work {
 
 /// Reads one partition into `queue` until the partition is taken away (the
 /// task is dropped) or the writer is gone.
-pub async fn run(
+pub(super) async fn run(
     settings: ConsumerSettings,
     pool: Pool,
     kafka: Arc<Client>,
@@ -179,17 +178,14 @@ async fn start(
     pool: &Pool,
     client: &PartitionClient,
     partition: i32,
-) -> Result<(Position, bool), String> {
-    let db = pool.get().await.map_err(|e| e.to_string())?;
-    let stored = store::positions(&db, &settings.group, &settings.topic)
-        .await
-        .map_err(|e| error_text(&e))?;
+) -> Result<(Position, bool), ConsumeError> {
+    let db = pool.get().await?;
+    let client_db: &tokio_postgres::Client = &db;
+    let stored = positions::positions(client_db, &settings.group, &settings.topic).await?;
     if let Some(position) = stored.get(&partition) {
         return Ok((*position, false));
     }
-    let next_offset = start_offset(settings.start_from, client)
-        .await
-        .map_err(|e| e.to_string())?;
+    let next_offset = start_offset(settings.start_from, client).await?;
     let position = Position {
         next_offset,
         log_epoch: 0,

@@ -8,8 +8,8 @@
 //! it every lock, so the others take its partitions over in the next round.
 //!
 //! Leases decide who *reads* a partition; correctness does not depend on
-//! them: batches are idempotent (see [`super::store`]), so a brief overlap
-//! while a partition changes hands duplicates nothing.
+//! them: batches are idempotent (see [`crate::store::batch`]), so a brief
+//! overlap while a partition changes hands duplicates nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use rskafka::client::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::ConsumeError;
 use crate::db::{Database, Session};
 use crate::kafka;
 use crate::retry::Backoff;
@@ -68,7 +69,7 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let result = match db.session().await {
             Ok(session) => hold(&session, keys, &kafka, &topic, &owned, &shutdown).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         };
         owned.send_replace(BTreeSet::new());
         if let Err(error) = result {
@@ -86,22 +87,19 @@ async fn hold(
     topic: &str,
     owned: &watch::Sender<BTreeSet<i32>>,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), ConsumeError> {
     let db = &session.client;
     let try_lock = "SELECT pg_try_advisory_lock($1, $2)";
     let unlock = "SELECT pg_advisory_unlock($1, $2)";
     let mut slot = None;
     for s in 0..SLOTS {
-        let row = db
-            .query_one(try_lock, &[&keys.members, &s])
-            .await
-            .map_err(|e| e.to_string())?;
+        let row = db.query_one(try_lock, &[&keys.members, &s]).await?;
         if row.get::<_, bool>(0) {
             slot = Some(s);
             break;
         }
     }
-    let slot = slot.ok_or("every member slot of this group is taken")?;
+    let slot = slot.ok_or(ConsumeError::NoSlot)?;
     tracing::debug!(slot, "joined consumer group");
 
     let mut mine = BTreeSet::new();
@@ -114,8 +112,7 @@ async fn hold(
         }
         let members: i64 = db
             .query_one(COUNT_MEMBERS, &[&i64::from(keys.members)])
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .get(0);
         let fair = partitions.len().div_ceil(members.max(1) as usize);
 
@@ -123,9 +120,7 @@ async fn hold(
             let Some(&p) = mine.iter().next_back() else {
                 break;
             };
-            db.query_one(unlock, &[&keys.partitions, &p])
-                .await
-                .map_err(|e| e.to_string())?;
+            db.query_one(unlock, &[&keys.partitions, &p]).await?;
             mine.remove(&p);
             tracing::info!(partition = p, members, "released partition to another consumer");
         }
@@ -140,10 +135,7 @@ async fn hold(
             if mine.contains(&p) {
                 continue;
             }
-            let row = db
-                .query_one(try_lock, &[&keys.partitions, &p])
-                .await
-                .map_err(|e| e.to_string())?;
+            let row = db.query_one(try_lock, &[&keys.partitions, &p]).await?;
             if row.get::<_, bool>(0) {
                 tracing::info!(partition = p, members, "acquired partition");
                 mine.insert(p);

@@ -10,39 +10,27 @@
 //! * [`fetch`] reads one partition from the group's stored position, after
 //!   checking that the broker's log is the one that position was read from
 //!   (a new log starts again, under a new log epoch); a full queue pauses it.
-//! * The writer drains the queue into batches, turns each record into a
+//! * [`writer`] drains the queue into batches, turns each record into a
 //!   history row or a dead letter, and commits them with the positions
-//!   ([`store`]). Database errors are retried with backoff; a batch the
-//!   database rejects for its data is split so the culprit becomes a dead
-//!   letter; a batch read from a log older than the stored one is dropped
-//!   and its reader starts again.
-//! * [`lag`] measures how far a group is behind (for `serve` and `doctor`).
-//! * [`retention`] optionally deletes old history.
+//!   (through [`crate::store`]).
 
 pub mod fetch;
-pub mod lag;
 pub mod leases;
-pub mod retention;
-pub mod store;
+pub mod writer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use rskafka::client::Client;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::StartFrom;
-use crate::db::Database;
-use crate::event::{self, Event};
-use crate::kafka::RecordMark;
-use crate::retry::Backoff;
-use crate::shutdown::OwnedTask;
-use fetch::Work;
-pub use store::{Batch, CommitError, DeadLetter, Mode, NewLog, Position, Row, Written};
+use crate::db::{Database, DbError};
+use crate::kafka::KafkaError;
+use crate::store::StoreError;
 
 /// Fetched chunks waiting for the writer; a full queue pauses the readers.
 const QUEUE_DEPTH: usize = 16;
@@ -58,6 +46,31 @@ pub struct ConsumerSettings {
     pub fetch_wait_ms: i32,
 }
 
+/// Why a step of the consumer failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("every member slot of this group is taken")]
+    NoSlot,
+}
+
+impl From<tokio_postgres::Error> for ConsumeError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ConsumeError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        Self::Store(error.into())
+    }
+}
+
 /// Consumes until `shutdown`: the current batch is committed or rolled back
 /// whole before this returns.
 pub async fn run(
@@ -69,44 +82,44 @@ pub async fn run(
 ) {
     let (owned_tx, mut owned_rx) = watch::channel(BTreeSet::new());
     let stop_leases = CancellationToken::new();
-    let leases = OwnedTask::spawn(leases::run(
+    let leases = AbortOnDropHandle::new(tokio::spawn(leases::run(
         db,
         Arc::clone(&kafka),
         settings.group.clone(),
         settings.topic.clone(),
         owned_tx,
         stop_leases.clone(),
-    ));
+    )));
 
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE_DEPTH);
     let (restart_tx, mut restart_rx) = mpsc::channel(QUEUE_DEPTH);
-    let writer = OwnedTask::spawn(write_loop(
+    let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
         settings.clone(),
         pool.clone(),
         queue_rx,
         restart_tx,
         shutdown.clone(),
-    ));
+    )));
 
-    let mut readers: HashMap<i32, OwnedTask<()>> = HashMap::new();
+    let mut readers: HashMap<i32, AbortOnDropHandle<()>> = HashMap::new();
     loop {
         let owned = owned_rx.borrow_and_update().clone();
         readers.retain(|p, _| owned.contains(p));
         for &p in &owned {
             readers.entry(p).or_insert_with(|| {
-                OwnedTask::spawn(fetch::run(
+                AbortOnDropHandle::new(tokio::spawn(fetch::run(
                     settings.clone(),
                     pool.clone(),
                     Arc::clone(&kafka),
                     p,
                     queue_tx.clone(),
-                ))
+                )))
             });
         }
         tokio::select! {
             changed = owned_rx.changed() => if changed.is_err() { break },
             Some(stale) = restart_rx.recv() => {
-                // Read from a log older than the stored one: start that reader again.
+                // It read from a log older than the stored one: start it again.
                 tracing::info!(partition = stale, "position moved to a newer log elsewhere; restarting the partition's reader");
                 readers.remove(&stale);
             }
@@ -115,340 +128,9 @@ pub async fn run(
     }
     drop(readers);
     drop(queue_tx);
-    writer.join().await;
+    let _ = writer.await;
     // Partitions are released only once the last batch is settled.
     stop_leases.cancel();
-    leases.join().await;
+    let _ = leases.await;
     tracing::info!("consumer stopped");
-}
-
-/// Drains the queue into batches and commits them until the queue closes or
-/// `shutdown` fires between two batches.
-async fn write_loop(
-    settings: ConsumerSettings,
-    pool: Pool,
-    mut queue: mpsc::Receiver<Work>,
-    restart: mpsc::Sender<i32>,
-    shutdown: CancellationToken,
-) {
-    let mut carried: Option<Work> = None;
-    loop {
-        let first = match carried.take() {
-            Some(work) => work,
-            None => tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                next = queue.recv() => match next {
-                    Some(work) => work,
-                    None => return,
-                },
-            },
-        };
-        let mut batch = match first {
-            Work::NewLog(new_log) => {
-                if !start_new_log_with_retry(&settings, &pool, &new_log, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-            Work::Records {
-                partition,
-                log_epoch,
-                records,
-            } => {
-                let mut batch = Batch::default();
-                add(&mut batch, partition, log_epoch, records);
-                batch
-            }
-        };
-        // More chunks, up to a batch; a new log or another log epoch of a
-        // partition already in the batch waits for the next one.
-        while batch.len() < settings.batch_size {
-            match queue.try_recv() {
-                Ok(Work::Records {
-                    partition,
-                    log_epoch,
-                    records,
-                }) if batch
-                    .positions
-                    .get(&partition)
-                    .is_none_or(|p| p.log_epoch == log_epoch) =>
-                {
-                    add(&mut batch, partition, log_epoch, records)
-                }
-                Ok(other) => {
-                    carried = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        match commit_with_retry(&settings, &pool, &batch, &shutdown).await {
-            Committed::Yes => {}
-            Committed::ShutDown => return,
-            Committed::Stale(partitions) => {
-                for p in partitions {
-                    let _ = restart.try_send(p);
-                }
-            }
-        }
-    }
-}
-
-/// Validates every record of one chunk into `batch`: a history row or a
-/// dead letter each, and the partition's position after it.
-fn add(batch: &mut Batch, partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) {
-    for RecordAndOffset { record, offset } in records {
-        batch.positions.insert(
-            partition,
-            Position {
-                next_offset: offset + 1,
-                log_epoch,
-                last: Some(RecordMark::of(&record)),
-            },
-        );
-        let value = record.value.unwrap_or_default();
-        let valid = event::event_id(&record.headers)
-            .and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
-        match valid {
-            Ok((event_id, event)) => batch.rows.push(Row {
-                partition,
-                log_epoch,
-                offset,
-                event_id,
-                event,
-                raw: value,
-            }),
-            Err(invalid) => {
-                tracing::warn!(partition, offset, reason = %invalid, "dead letter");
-                batch.dead_letters.push(DeadLetter {
-                    partition,
-                    log_epoch,
-                    offset,
-                    key: record.key,
-                    payload: Some(value),
-                    reason: invalid.to_string(),
-                });
-            }
-        }
-    }
-}
-
-/// How a batch ended.
-enum Committed {
-    Yes,
-    /// Shutdown came before the batch could be committed (nothing of it is).
-    ShutDown,
-    /// Committed without these partitions, whose stored position is on a newer log.
-    Stale(Vec<i32>),
-}
-
-/// Commits `batch`, retrying database trouble with backoff.
-async fn commit_with_retry(
-    settings: &ConsumerSettings,
-    pool: &Pool,
-    batch: &Batch,
-    shutdown: &CancellationToken,
-) -> Committed {
-    let mut backoff = Backoff::standard();
-    let mut batch = std::borrow::Cow::Borrowed(batch);
-    let mut stale = Vec::new();
-    loop {
-        let started = Instant::now();
-        match commit(settings, pool, &batch).await {
-            Ok(written) => {
-                metrics::histogram!("catlog_batch_commit_seconds").record(started.elapsed().as_secs_f64());
-                metrics::counter!("catlog_events_consumed_total").increment(written.events);
-                metrics::counter!("catlog_dead_letters_total").increment(written.dead_letters);
-                tracing::debug!(
-                    records = batch.len(),
-                    events = written.events,
-                    dead_letters = written.dead_letters,
-                    "batch committed"
-                );
-                return if stale.is_empty() {
-                    Committed::Yes
-                } else {
-                    Committed::Stale(stale)
-                };
-            }
-            Err(CommitError::Stale(partitions)) => {
-                tracing::warn!(
-                    ?partitions,
-                    "stored position is on a newer log than these records; dropping them"
-                );
-                batch = std::borrow::Cow::Owned(batch.without(&partitions));
-                stale.extend(partitions);
-                if batch.positions.is_empty() {
-                    return Committed::Stale(stale);
-                }
-                continue;
-            }
-            Err(CommitError::Data(reason)) if batch.len() > 1 => {
-                tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
-                return commit_one_by_one(settings, pool, &batch, shutdown).await;
-            }
-            Err(CommitError::Data(reason)) if batch.is_empty() => {
-                tracing::warn!(%reason, "cannot store offsets; retrying");
-            }
-            Err(CommitError::Data(reason)) => {
-                let dead = rejected(&batch, &reason);
-                return Box::pin(commit_with_retry(settings, pool, &dead, shutdown)).await;
-            }
-            // (A duplicate is only reported in Fresh mode, which `commit` retries.)
-            Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
-            Err(CommitError::Unavailable(error)) => {
-                tracing::warn!(%error, "cannot commit batch; retrying");
-            }
-        }
-        if !backoff.wait(shutdown).await {
-            return Committed::ShutDown;
-        }
-    }
-}
-
-async fn commit_one_by_one(
-    settings: &ConsumerSettings,
-    pool: &Pool,
-    batch: &Batch,
-    shutdown: &CancellationToken,
-) -> Committed {
-    let position = |partition: i32, log_epoch: i32, offset: i64| Position {
-        next_offset: offset + 1,
-        log_epoch,
-        last: batch
-            .positions
-            .get(&partition)
-            .filter(|p| p.next_offset == offset + 1)
-            .and_then(|p| p.last),
-    };
-    let singles = batch
-        .rows
-        .iter()
-        .map(|row| Batch {
-            rows: vec![row.clone()],
-            positions: [(row.partition, position(row.partition, row.log_epoch, row.offset))].into(),
-            ..Batch::default()
-        })
-        .chain(batch.dead_letters.iter().map(|dead| {
-            Batch {
-                dead_letters: vec![dead.clone()],
-                positions: [(
-                    dead.partition,
-                    position(dead.partition, dead.log_epoch, dead.offset),
-                )]
-                .into(),
-                ..Batch::default()
-            }
-        }));
-    let mut stale: Vec<i32> = Vec::new();
-    for single in singles {
-        if single.positions.keys().any(|p| stale.contains(p)) {
-            continue;
-        }
-        match Box::pin(commit_with_retry(settings, pool, &single, shutdown)).await {
-            Committed::Yes => {}
-            Committed::ShutDown => return Committed::ShutDown,
-            Committed::Stale(partitions) => stale.extend(partitions),
-        }
-    }
-    if stale.is_empty() {
-        Committed::Yes
-    } else {
-        Committed::Stale(stale)
-    }
-}
-
-/// A one-record batch the database refused: its event becomes a dead letter
-/// with the database's reason. (A refused dead letter is logged and skipped.)
-fn rejected(batch: &Batch, reason: &str) -> Batch {
-    for dead in &batch.dead_letters {
-        tracing::error!(
-            partition = dead.partition,
-            offset = dead.offset,
-            reason,
-            "dead letter refused by the database; skipped"
-        );
-    }
-    let dead_letters = batch
-        .rows
-        .iter()
-        .map(|row| DeadLetter {
-            partition: row.partition,
-            log_epoch: row.log_epoch,
-            offset: row.offset,
-            key: Some(row.event.key()),
-            payload: Some(row.raw.clone()),
-            reason: format!("rejected by the database: {reason}"),
-        })
-        .collect();
-    Batch {
-        dead_letters,
-        positions: batch.positions.clone(),
-        ..Batch::default()
-    }
-}
-
-async fn commit(settings: &ConsumerSettings, pool: &Pool, batch: &Batch) -> Result<Written, CommitError> {
-    match commit_in(settings, pool, batch, Mode::Fresh).await {
-        // Some record is stored already (a replay, a partition that just
-        // changed hands, a retried publish): write again, skipping what is there.
-        Err(CommitError::Duplicate) => commit_in(settings, pool, batch, Mode::SkipStored).await,
-        other => other,
-    }
-}
-
-async fn commit_in(
-    settings: &ConsumerSettings,
-    pool: &Pool,
-    batch: &Batch,
-    mode: Mode,
-) -> Result<Written, CommitError> {
-    let mut db = pool
-        .get()
-        .await
-        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
-    let classify = |e| CommitError::classify(e, mode);
-    let tx = db.transaction().await.map_err(classify)?;
-    let written = store::write(&tx, &settings.group, &settings.topic, batch, mode).await?;
-    tx.commit().await.map_err(classify)?;
-    Ok(written)
-}
-
-/// Records the move of a partition to a new log, retrying database trouble.
-/// `false` when shutdown came first.
-async fn start_new_log_with_retry(
-    settings: &ConsumerSettings,
-    pool: &Pool,
-    new_log: &NewLog,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::standard();
-    loop {
-        match start_new_log(settings, pool, new_log).await {
-            Ok(true) => return true,
-            Ok(false) => {
-                tracing::info!(
-                    partition = new_log.partition,
-                    "another consumer moved the partition's position first"
-                );
-                return true;
-            }
-            Err(error) => tracing::warn!(%error, "cannot record the new log; retrying"),
-        }
-        if !backoff.wait(shutdown).await {
-            return false;
-        }
-    }
-}
-
-async fn start_new_log(settings: &ConsumerSettings, pool: &Pool, new_log: &NewLog) -> Result<bool, String> {
-    let mut db = pool.get().await.map_err(|e| e.to_string())?;
-    let text = |e: tokio_postgres::Error| crate::db::error_text(&e);
-    let tx = db.transaction().await.map_err(text)?;
-    let moved = store::start_new_log(&tx, &settings.group, &settings.topic, new_log)
-        .await
-        .map_err(text)?;
-    tx.commit().await.map_err(text)?;
-    Ok(moved)
 }

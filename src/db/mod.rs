@@ -14,7 +14,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::shutdown::OwnedTask;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use migrate::{migrate, pending};
 
@@ -35,6 +35,10 @@ pub enum DbError {
     Create { name: String, reason: String },
     #[error("migrations failed: {0}")]
     Migrate(String),
+    #[error("TLS to PostgreSQL (sslmode=require) cannot be set up: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("PostgreSQL pool cannot be built: {0}")]
+    PoolBuild(#[from] deadpool_postgres::BuildError),
     #[error("PostgreSQL: {0}")]
     Query(#[from] tokio_postgres::Error),
     #[error("PostgreSQL pool: {0}")]
@@ -74,9 +78,7 @@ impl FromStr for Database {
         }
         config.application_name("catlog-live");
         let tls = match config.get_ssl_mode() {
-            SslMode::Require => {
-                Some(tls::require().map_err(|e| DbError::Migrate(format!("TLS setup: {e}")))?)
-            }
+            SslMode::Require => Some(tls::require()?),
             _ => None,
         };
         Ok(Self { config, tls })
@@ -87,7 +89,7 @@ impl FromStr for Database {
 pub struct Session {
     /// The connection.
     pub client: Client,
-    _driver: OwnedTask<()>,
+    _driver: AbortOnDropHandle<()>,
 }
 
 impl Database {
@@ -196,13 +198,12 @@ impl Database {
             Some(tls) => Manager::from_config(self.config.clone(), tls.clone(), recycling),
             None => Manager::from_config(self.config.clone(), NoTls, recycling),
         };
-        Pool::builder(manager)
+        Ok(Pool::builder(manager)
             .max_size(size)
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| DbError::Migrate(format!("building the pool: {e}")))
+            .build()?)
     }
 }
 
@@ -213,7 +214,7 @@ pub struct Listener {
     /// Payloads of notifications; a full channel drops the surplus (each
     /// is only a wake-up call).
     pub notified: tokio::sync::mpsc::Receiver<String>,
-    _driver: OwnedTask<()>,
+    _driver: AbortOnDropHandle<()>,
 }
 
 impl Database {
@@ -243,14 +244,14 @@ impl Database {
 fn drive<T>(
     mut connection: Connection<Socket, T>,
     notify: Option<tokio::sync::mpsc::Sender<String>>,
-) -> OwnedTask<()>
+) -> AbortOnDropHandle<()>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use futures::StreamExt;
     use tokio_postgres::AsyncMessage;
 
-    OwnedTask::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -267,7 +268,7 @@ where
                 }
             }
         }
-    })
+    }))
 }
 
 /// The most useful text of a driver error: the server's message when there is one.

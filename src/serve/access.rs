@@ -8,7 +8,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-use super::handlers::ApiError;
+use super::error::ApiError;
 
 /// Access settings; the default lets everyone in.
 #[derive(Debug, Clone, Default)]
@@ -59,12 +59,10 @@ fn same_secret(given: &str, expected: &str) -> bool {
 }
 
 fn unauthorized() -> Rejection {
-    warp::reject::custom(ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message:
-            "this server needs its API token: send `Authorization: Bearer <token>` or add `?token=<token>`"
-                .into(),
-    })
+    ApiError::reject(
+        StatusCode::UNAUTHORIZED,
+        "this server needs its API token: send `Authorization: Bearer <token>` or add `?token=<token>`",
+    )
 }
 
 /// Passes requests that carry the token (or all, when there is none).
@@ -104,13 +102,13 @@ pub fn origin_checked(access: Arc<Access>) -> impl Filter<Extract = (), Error = 
                 if allowed {
                     Ok(())
                 } else {
-                    Err(warp::reject::custom(ApiError {
-                        status: StatusCode::FORBIDDEN,
-                        message: format!(
+                    Err(ApiError::reject(
+                        StatusCode::FORBIDDEN,
+                        format!(
                             "origin {} may not open this WebSocket (ALLOWED_ORIGINS)",
                             origin.unwrap_or_default()
                         ),
-                    }))
+                    ))
                 }
             }
         })

@@ -1,7 +1,7 @@
 //! Following the database, not another process: `serve` learns of new
 //! history rows from PostgreSQL `LISTEN/NOTIFY` (sent by `consume` after each
 //! commit), with a periodic poll as safety net, and reads what is new by id.
-//! History ids become visible in commit order (see `consume::store`), so
+//! History ids become visible in commit order (see [`crate::store`]), so
 //! "rows after the last id seen" never skips a row.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -15,15 +15,13 @@ use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
 use super::hub::{Broadcast, Hub};
-use super::models::{NewLogSeen, ServerMessage, Stats};
-use super::queries::{self, QueryError};
+use super::models::{AnimeDetail, NewLogSeen, ServerMessage, Stats, Update};
 use super::trending::{HALF_LIFE, Momentum};
-use crate::consume::lag::{self, Lag, LogEnds, PartitionLag};
-use crate::consume::store::NOTIFY_CHANNEL;
 use crate::db::Database;
 use crate::kafka;
 use crate::retry::Backoff;
-use crate::shutdown::OwnedTask;
+use crate::store::{self, Lag, LagError, LogEnds, NOTIFY_CHANNEL, PartitionLag, StoreError, history};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Rows read per query while catching up.
 const PAGE: i64 = 1000;
@@ -60,20 +58,20 @@ impl Follower {
         pool: Pool,
         kafka: Option<Arc<Client>>,
         hub: Arc<Hub>,
-    ) -> Result<Self, QueryError> {
+    ) -> Result<Self, StoreError> {
         let now = Utc::now();
         let mut momentum = Momentum::default();
-        for (id, title, score, members) in queries::known_anime(&pool).await? {
-            momentum.know(id, title, score, members, now);
+        for anime in history::known_anime(&pool).await? {
+            momentum.know(anime.mal_id, anime.title, anime.score, anime.members, now);
         }
         let window = HALF_LIFE.as_secs_f64() * 6.0;
-        let recent = queries::recent(&pool, window, 20_000).await?;
+        let recent = history::recent(&pool, window, 20_000).await?;
         for row in recent.iter().rev() {
             momentum.observe(&row.event, row.ingested_at);
         }
-        let last_id = queries::last_id(&pool).await?;
-        let latest = queries::latest(&pool, super::hub::RECENT as i64, None, None).await?;
-        hub.prime(latest.iter().map(|r| r.update()).collect(), last_id);
+        let last_id = history::last_id(&pool).await?;
+        let latest = history::latest(&pool, super::hub::RECENT as i64, None, None).await?;
+        hub.prime(latest.into_iter().map(Update::from).collect(), last_id);
         let (items, _) = momentum.rank(now);
         hub.set_trending(items, false);
         let mut follower = Self {
@@ -95,7 +93,7 @@ impl Follower {
     /// Follows until `shutdown`.
     pub async fn run(mut self, db: Database, shutdown: CancellationToken) {
         let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
-        let _listener = OwnedTask::spawn(listen(db, wake_tx, shutdown.clone()));
+        let _listener = AbortOnDropHandle::new(tokio::spawn(listen(db, wake_tx, shutdown.clone())));
         let mut poll = tokio::time::interval(POLL_EVERY);
         let mut announce = tokio::time::interval(self.settings.broadcast_every);
         let mut stats = tokio::time::interval(STATS_EVERY);
@@ -117,21 +115,22 @@ impl Follower {
     async fn catch_up(&mut self) {
         let mut changed = BTreeSet::new();
         loop {
-            let rows = match queries::rows_after(&self.pool, self.last_id, PAGE).await {
+            let rows = match history::rows_after(&self.pool, self.last_id, PAGE).await {
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read new history; will retry");
                     break;
                 }
             };
-            for row in &rows {
+            let full_page = rows.len() as i64 == PAGE;
+            for row in rows {
                 self.momentum.observe(&row.event, row.ingested_at);
                 self.count(row.ingested_at.timestamp());
                 changed.insert(row.event.mal_id);
                 self.last_id = self.last_id.max(row.id);
-                self.hub.push_update(row.update());
+                self.hub.push_update(Update::from(row));
             }
-            if (rows.len() as i64) < PAGE {
+            if !full_page {
                 break;
             }
         }
@@ -141,8 +140,13 @@ impl Follower {
         let (items, reordered) = self.momentum.rank(Utc::now());
         self.hub.set_trending(items, reordered);
         for mal_id in changed.into_iter().filter(|id| self.hub.has_room(*id)) {
-            match queries::anime(&self.pool, mal_id).await {
-                Ok(Some(detail)) => {
+            match history::anime(&self.pool, mal_id).await {
+                Ok(Some((current, history))) => {
+                    let detail = AnimeDetail {
+                        mal_id,
+                        current,
+                        history,
+                    };
                     let message = Message::text(ServerMessage::Anime(detail).to_json());
                     self.hub.send(Broadcast::Anime { mal_id, message });
                 }
@@ -197,7 +201,7 @@ impl Follower {
             metrics::gauge!("catlog_consumer_log_epoch", "partition" => partition.to_string())
                 .set(f64::from(*epoch));
         }
-        super::metrics::upkeep();
+        crate::metrics::upkeep();
         self.hub.set_stats(Stats {
             events_last_minute: self.per_second.iter().map(|(_, n)| n).sum(),
             lag: waiting,
@@ -212,17 +216,14 @@ impl Follower {
     }
 
     /// The group's lag on every partition of the topic.
-    async fn lag(&mut self) -> Result<Lag, String> {
+    async fn lag(&mut self) -> Result<Lag, LagError> {
         let Some(client) = &self.kafka else {
             return Ok(Lag::default());
         };
         let topic = &self.settings.topic;
-        let partitions = kafka::partitions(client, topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        let db = self.pool.get().await.map_err(|e| e.to_string())?;
-        lag::measure(
+        let partitions = kafka::partitions(client, topic).await?.unwrap_or_default();
+        let db = self.pool.get().await.map_err(StoreError::from)?;
+        let lag = store::lag::measure(
             client,
             &mut self.log_ends,
             &db,
@@ -230,8 +231,8 @@ impl Follower {
             topic,
             &partitions,
         )
-        .await
-        .map_err(|e| e.to_string())
+        .await?;
+        Ok(lag)
     }
 }
 

@@ -1,6 +1,6 @@
 //! What each route does. Every failure becomes an [`ApiError`], turned into
-//! a JSON body in one place ([`handle_rejection`]); what a client must not
-//! see (SQL, driver errors) is logged instead.
+//! a JSON body in one place ([`super::error::handle_rejection`]); what a
+//! client must not see (SQL, driver errors) is logged instead.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,56 +11,12 @@ use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
 use super::App;
-use super::models::{TrendingPage, UpdatesPage};
+use super::error::ApiError;
+use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
 use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, TrendingView, UpdateView};
-use super::queries::{self, QueryError};
+use crate::store::{StoreError, history};
 
-/// A failure with the status and message the client sees.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl warp::reject::Reject for ApiError {}
-
-impl ApiError {
-    /// `status` with `message`, as a rejection.
-    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
-        warp::reject::custom(Self {
-            status,
-            message: message.into(),
-        })
-    }
-
-    /// 400 with `message`.
-    pub fn bad_request(message: impl Into<String>) -> Rejection {
-        warp::reject::custom(Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        })
-    }
-
-    /// 404 with `message`.
-    pub fn not_found(message: impl Into<String>) -> Rejection {
-        warp::reject::custom(Self {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        })
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(error: QueryError) -> Self {
-        tracing::warn!(%error, "database error answering a request");
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the database is unavailable; try again shortly".into(),
-        }
-    }
-}
-
-fn unavailable(error: QueryError) -> Rejection {
+fn unavailable(error: StoreError) -> Rejection {
     warp::reject::custom(ApiError::from(error))
 }
 
@@ -91,14 +47,14 @@ pub async fn updates(query: HashMap<String, String>, app: App) -> Result<impl Re
     let limit = param(&query, "limit", 1..=500_i64)?.unwrap_or(50);
     let mal_id = param(&query, "malId", 1..=i32::MAX)?;
     let before = param(&query, "before", 1..=i64::MAX)?;
-    let rows = queries::latest(&app.pool, limit, mal_id, before)
+    let rows = history::latest(&app.pool, limit, mal_id, before)
         .await
         .map_err(unavailable)?;
     let next_before = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(warp::reply::json(&UpdatesPage {
-        updates: rows.iter().map(|r| r.update()).collect(),
+        updates: rows.into_iter().map(Update::from).collect(),
         next_before,
     }))
 }
@@ -116,8 +72,12 @@ pub async fn anime(mal_id: String, app: App) -> Result<impl Reply, Rejection> {
         mal_id.parse::<i32>().ok().filter(|id| *id >= 1).ok_or_else(|| {
             ApiError::bad_request(format!("malId must be a whole number ≥ 1, not {mal_id:?}"))
         })?;
-    match queries::anime(&app.pool, id).await.map_err(unavailable)? {
-        Some(detail) => Ok(warp::reply::json(&detail)),
+    match history::anime(&app.pool, id).await.map_err(unavailable)? {
+        Some((current, history)) => Ok(warp::reply::json(&AnimeDetail {
+            mal_id: id,
+            current,
+            history,
+        })),
         None => Err(ApiError::not_found(format!(
             "no anime with malId {id} has been seen"
         ))),
@@ -136,7 +96,7 @@ pub async fn healthz() -> Result<impl Reply, Infallible> {
 
 /// `GET /readyz`: the database answers.
 pub async fn readyz(app: App) -> Result<impl Reply, Infallible> {
-    Ok(match queries::ping(&app.pool).await {
+    Ok(match history::ping(&app.pool).await {
         Ok(()) => warp::reply::with_status(
             warp::reply::json(&serde_json::json!({"status": "ready"})),
             StatusCode::OK,
@@ -153,16 +113,6 @@ pub async fn readyz(app: App) -> Result<impl Reply, Infallible> {
     })
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics() -> Result<impl Reply, Infallible> {
-    let body = super::metrics::handle().map(|h| h.render()).unwrap_or_default();
-    Ok(warp::reply::with_header(
-        body,
-        "content-type",
-        "text/plain; version=0.0.4; charset=utf-8",
-    ))
-}
-
 /// `GET /`: the page, with the current trending list and latest updates.
 pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Reply, Rejection> {
     let token_query = query
@@ -177,10 +127,7 @@ pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Repl
     };
     let html = page.render().map_err(|error| {
         tracing::error!(%error, "cannot render the page");
-        warp::reject::custom(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "cannot render the page".into(),
-        })
+        ApiError::reject(StatusCode::INTERNAL_SERVER_ERROR, "cannot render the page")
     })?;
     Ok(warp::reply::html(html))
 }
@@ -209,35 +156,4 @@ pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
         "cache-control",
         "public, max-age=300",
     ))
-}
-
-/// Every failure as `{"error": "..."}` with the right status.
-pub async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let (status, message) = if let Some(api) = err.find::<ApiError>() {
-        (api.status, api.message.clone())
-    } else if err.is_not_found() {
-        (StatusCode::NOT_FOUND, "not found".to_owned())
-    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
-    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        let reply = warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({
-                "error": "method not allowed: this server answers GET and HEAD"
-            })),
-            StatusCode::METHOD_NOT_ALLOWED,
-        );
-        return Ok(warp::reply::with_header(reply, "allow", "GET, HEAD").into_response());
-    } else if let Some(e) = err.find::<warp::reject::InvalidHeader>() {
-        (StatusCode::BAD_REQUEST, e.to_string())
-    } else if let Some(e) = err.find::<warp::reject::MissingHeader>() {
-        (StatusCode::BAD_REQUEST, e.to_string())
-    } else {
-        tracing::error!(?err, "unhandled rejection");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
-    };
-    Ok(warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message })),
-        status,
-    )
-    .into_response())
 }

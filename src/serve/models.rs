@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::store::{AnimeState, HistoryPoint, StoredEvent};
 
 /// One history row on the wire: `{"id":1042,"event":{…}}`.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +14,15 @@ pub struct Update {
     pub id: i64,
     /// The event exactly as on Kafka.
     pub event: Event,
+}
+
+impl From<StoredEvent> for Update {
+    fn from(row: StoredEvent) -> Self {
+        Self {
+            id: row.id,
+            event: row.event,
+        }
+    }
 }
 
 /// One place of the trending list.
@@ -63,41 +72,13 @@ pub struct NewLogSeen {
     pub log_end: i64,
 }
 
-/// The current state of one anime (`live_popularity`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Current {
-    pub mal_id: i32,
-    pub title: String,
-    pub current_score: Option<String>,
-    pub live_members: Option<i64>,
-    pub trending_rank: Option<i32>,
-    pub popularity_change: String,
-    pub last_event_type: String,
-    pub last_update: DateTime<Utc>,
-    pub event_count: i64,
-}
-
-/// One row of an anime's history, in the short form of the room message.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HistoryEntry {
-    pub id: i64,
-    pub event_type: String,
-    pub current_score: Option<String>,
-    pub live_members: Option<i64>,
-    pub trending_rank: Option<i32>,
-    pub popularity_change: String,
-    pub timestamp: String,
-}
-
 /// An anime's current state and recent history, newest first.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnimeDetail {
     pub mal_id: i32,
-    pub current: Current,
-    pub history: Vec<HistoryEntry>,
+    pub current: AnimeState,
+    pub history: Vec<HistoryPoint>,
 }
 
 /// Server → client.

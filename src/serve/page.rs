@@ -49,7 +49,7 @@ pub struct UpdateView {
 }
 
 /// 3613466 → "3,613,466".
-pub fn thousands(n: i64) -> String {
+pub fn with_separators(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
     for (i, c) in digits.chars().enumerate() {
@@ -68,7 +68,7 @@ impl From<&TrendingItem> for TrendingView {
             mal_id: t.mal_id,
             title: t.title.clone(),
             score_text: t.score.map_or_else(|| "–".into(), |s| format!("{s:.2}")),
-            members_text: t.members.map_or_else(|| "–".into(), thousands),
+            members_text: t.members.map_or_else(|| "–".into(), with_separators),
             momentum_text: format!("{:.1}", t.momentum),
             movement: t.previous_rank.map_or(0, |p| p - t.rank),
             is_new: t.previous_rank.is_none(),
@@ -81,7 +81,7 @@ impl From<&Update> for UpdateView {
         let e = &u.event;
         let (label, value) = match e.measure {
             Measure::Score(s) => ("Score", s.to_string()),
-            Measure::Members(m) => ("Members", thousands(m)),
+            Measure::Members(m) => ("Members", with_separators(m)),
             Measure::Rank(r) => ("Trending", format!("#{r}")),
         };
         let change = &e.popularity_change;
@@ -111,11 +111,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(3_613_466), "3,613,466");
+    fn numbers_get_thousands_separators() {
+        assert_eq!(with_separators(0), "0");
+        assert_eq!(with_separators(999), "999");
+        assert_eq!(with_separators(1000), "1,000");
+        assert_eq!(with_separators(3_613_466), "3,613,466");
     }
 
     #[test]

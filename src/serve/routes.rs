@@ -10,6 +10,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use super::error::{self, ApiError};
 use super::{App, access, handlers};
 
 /// Largest WebSocket frame the server reads at all; frames above the
@@ -34,7 +35,7 @@ fn within_limits() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone
         .and_then(|path: warp::path::FullPath, query: String, headers: warp::http::HeaderMap| async move {
             let uri = path.as_str().len() + query.len();
             if uri > MAX_URI_BYTES {
-                return Err(handlers::ApiError::reject(
+                return Err(ApiError::reject(
                     warp::http::StatusCode::URI_TOO_LONG,
                     format!("the request target is {uri} bytes, over the {MAX_URI_BYTES}-byte limit"),
                 ));
@@ -44,7 +45,7 @@ fn within_limits() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone
                 .map(|(name, value)| name.as_str().len() + value.len() + 4)
                 .sum();
             if header_bytes > MAX_HEADER_BYTES {
-                return Err(handlers::ApiError::reject(
+                return Err(ApiError::reject(
                     warp::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     format!("the request headers are {header_bytes} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
                 ));
@@ -107,10 +108,7 @@ pub fn routes(
         .and(get())
         .and(with_app(app.clone()))
         .and_then(handlers::readyz);
-    let metrics = warp::path("metrics")
-        .and(warp::path::end())
-        .and(get())
-        .and_then(handlers::metrics);
+    let metrics = crate::metrics::route();
     let index = warp::path::end()
         .and(get())
         .and(auth.clone())
@@ -136,7 +134,7 @@ pub fn routes(
             let shutdown = shutdown.clone();
             ws.max_message_size(WS_MAX_FRAME)
                 .max_frame_size(WS_MAX_FRAME)
-                .on_upgrade(move |socket| super::ws::session(socket, app.hub, app.pool, shutdown))
+                .on_upgrade(move |socket| super::ws::run(socket, app.hub, app.pool, shutdown))
         });
 
     within_limits()
@@ -149,5 +147,5 @@ pub fn routes(
                 .or(favicon)
                 .or(index),
         )
-        .recover(handlers::handle_rejection)
+        .recover(error::handle_rejection)
 }

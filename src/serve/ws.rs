@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use warp::ws::{Message, WebSocket};
 
 use super::hub::{Broadcast, Hub};
+use super::models::{AnimeDetail, Update};
 use super::models::{ClientMessage, ServerMessage};
-use super::queries;
+use crate::store::history;
 
 /// Largest client message accepted, in bytes (larger ones get an `error`).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -32,7 +33,7 @@ const MAX_ROOMS: usize = 32;
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
-struct Session {
+struct Peer {
     sink: Sink,
     hub: Arc<Hub>,
     pool: Pool,
@@ -41,10 +42,10 @@ struct Session {
     last_sent: i64,
 }
 
-/// Why a session ends.
+/// Why a connection ends.
 struct Closed;
 
-impl Session {
+impl Peer {
     async fn send(&mut self, message: Message) -> Result<(), Closed> {
         match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(message)).await {
             Ok(Ok(())) => {
@@ -137,11 +138,16 @@ impl Session {
                 )))
                 .await;
         }
-        match queries::anime(&self.pool, id).await {
-            Ok(Some(detail)) => {
+        match history::anime(&self.pool, id).await {
+            Ok(Some((current, history))) => {
                 if self.rooms.insert(id) {
                     self.hub.join_room(id);
                 }
+                let detail = AnimeDetail {
+                    mal_id: id,
+                    current,
+                    history,
+                };
                 self.send_json(ServerMessage::Anime(detail)).await
             }
             Ok(None) => {
@@ -169,7 +175,7 @@ impl Session {
                 .resync(&format!("more than {MAX_RESUME} updates were missed"))
                 .await;
         }
-        match queries::rows_after(&self.pool, last_id, MAX_RESUME + 1).await {
+        match history::rows_after(&self.pool, last_id, MAX_RESUME + 1).await {
             Ok(rows) if rows.len() as i64 > MAX_RESUME => {
                 self.resync(&format!("more than {MAX_RESUME} updates were missed"))
                     .await
@@ -177,7 +183,7 @@ impl Session {
             Ok(rows) => {
                 for row in rows {
                     self.last_sent = self.last_sent.max(row.id);
-                    self.send_json(ServerMessage::Update(row.update())).await?;
+                    self.send_json(ServerMessage::Update(Update::from(row))).await?;
                 }
                 Ok(())
             }
@@ -199,13 +205,13 @@ impl Session {
 }
 
 /// Serves one connection until the client leaves, dies, or `shutdown`.
-pub async fn session(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: CancellationToken) {
+pub async fn run(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: CancellationToken) {
     let guard_hub = Arc::clone(&hub);
     let _counted = guard_hub.connect();
     let (sink, mut stream) = socket.split();
     // Subscribe before the snapshot, so nothing falls between the two.
     let mut broadcasts = hub.subscribe();
-    let mut session = Session {
+    let mut peer = Peer {
         sink,
         hub,
         pool,
@@ -216,27 +222,27 @@ pub async fn session(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: Can
     ping.tick().await;
     let mut heard = Instant::now();
 
-    let mut result = session.snapshot().await;
+    let mut result = peer.snapshot().await;
     if result.is_ok() {
-        let stats = ServerMessage::Stats(session.hub.stats());
-        result = session.send_json(stats).await;
+        let stats = ServerMessage::Stats(peer.hub.stats());
+        result = peer.send_json(stats).await;
     }
     while result.is_ok() {
         result = tokio::select! {
             _ = shutdown.cancelled() => Err(Closed),
             received = broadcasts.recv() => match received {
-                Ok(broadcast) => session.on_broadcast(broadcast).await,
+                Ok(broadcast) => peer.on_broadcast(broadcast).await,
                 Err(RecvError::Lagged(missed)) => {
                     // Latest state instead of a backlog.
                     metrics::counter!("catlog_ws_messages_coalesced_total").increment(missed);
-                    session.resync(&format!("fell {missed} messages behind")).await
+                    peer.resync(&format!("fell {missed} messages behind")).await
                 }
                 Err(RecvError::Closed) => Err(Closed),
             },
             frame = stream.next() => match frame {
                 Some(Ok(frame)) => {
                     heard = Instant::now();
-                    session.on_frame(frame).await
+                    peer.on_frame(frame).await
                 }
                 _ => Err(Closed),
             },
@@ -245,13 +251,13 @@ pub async fn session(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: Can
                     tracing::info!("client silent for {}s; closing", DEAD_AFTER.as_secs());
                     Err(Closed)
                 } else {
-                    session.send(Message::ping(Vec::new())).await
+                    peer.send(Message::ping(Vec::new())).await
                 }
             }
         };
     }
-    for mal_id in session.rooms.drain() {
-        session.hub.leave_room(mal_id);
+    for mal_id in peer.rooms.drain() {
+        peer.hub.leave_room(mal_id);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.sink.send(Message::close())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.sink.send(Message::close())).await;
 }

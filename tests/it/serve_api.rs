@@ -1,7 +1,7 @@
 //! The REST API, health, metrics and the server-rendered page, against a real
 //! server on port 0 fed by the real broker and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,10 +1,9 @@
 //! The optional API token and origin check, against a real server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use catlog_live::serve::Access;
 use common::stack::{Stack, next_of};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -21,7 +20,7 @@ async fn status(url: &str, bearer: Option<&str>) -> u16 {
 
 #[tokio::test]
 async fn api_token_guards_the_page_the_api_and_the_websocket() {
-    let stack = Stack::start_with(1, Duration::from_secs(30), Access::new(Some(TOKEN.into()), None)).await;
+    let stack = Stack::start_with(1, Duration::from_secs(30), &["--api-token", TOKEN]).await;
 
     for path in ["/", "/api/live/stats", "/api/live/updates", "/api/live/trending"] {
         assert_eq!(
@@ -74,7 +73,7 @@ async fn api_token_guards_the_page_the_api_and_the_websocket() {
 #[tokio::test]
 async fn allowed_origins_check_the_websocket_and_answer_cors() {
     let allowed = "https://catlog.example";
-    let stack = Stack::start_with(1, Duration::from_secs(30), Access::new(None, Some(allowed))).await;
+    let stack = Stack::start_with(1, Duration::from_secs(30), &["--allowed-origins", allowed]).await;
     let url = format!("ws://{}/ws", stack.addr);
     let with_origin = |origin: &str| {
         let mut request = url.as_str().into_client_request().unwrap();

@@ -1,7 +1,7 @@
 //! `doctor` against the real services: all green on a running pipeline, and
 //! a FAIL with a fix when the broker, the database or the topic is missing.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! SIGKILL mid-backlog loses nothing and duplicates nothing, and consumers of
 //! one group share the partitions and take over from each other.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -1,11 +1,12 @@
 //! The WebSocket protocol against a real server on port 0, fed by the real
 //! broker and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::{Stack, Ws, next_json, next_of, send};
+use catlog_live::pipeline::Settings;
+use common::stack::{Running, Stack, Ws, next_json, next_of, send, settings};
 use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -80,26 +81,12 @@ async fn snapshot_first_then_an_update_for_each_new_record() {
 async fn two_servers_on_one_database_both_push_every_update() {
     let stack = Stack::start(1, Duration::from_secs(30)).await;
     // A second server of its own on the same database: it learns from PostgreSQL only.
-    let database: catlog_live::db::Database = stack.db.url.parse().unwrap();
-    let listener = catlog_live::serve::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let second = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let settings = catlog_live::serve::FollowSettings {
-        group: "catlog-live".into(),
-        topic: stack.topic.name.clone(),
-        broadcast_every: Duration::from_secs(30),
+    let only_serve = Settings {
+        consume: None,
+        ..settings(&stack.topic.name, &stack.db.url, Duration::from_secs(30), &[])
     };
-    let server = tokio::spawn(catlog_live::serve::run(
-        settings,
-        catlog_live::serve::Access::default(),
-        database.clone(),
-        database.pool(4).unwrap(),
-        None,
-        listener,
-        shutdown.clone(),
-    ));
+    let server = Running::start(only_serve).await;
+    let second = server.addr;
     let mut a = stack.ws().await;
     let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{second}/ws"))
         .await
@@ -119,8 +106,7 @@ async fn two_servers_on_one_database_both_push_every_update() {
         }
         assert_eq!(seen, (100..120).collect::<Vec<_>>(), "every update, in order");
     }
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! program publishes lands in the tables, poison becomes dead letters, and
 //! the current state is never overwritten by an older event.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Consumer lag: per partition, how many records of the broker's log the
 //! group has not stored yet. Shown by `serve` (stats, metrics) and `doctor`.
+//! The one place that holds a group's stored positions against the broker.
 //!
 //! A stored position only counts in the log it was read from. When the
 //! broker's log is new (its end is below the stored offset, or it holds
@@ -12,8 +13,18 @@ use std::collections::{BTreeMap, HashMap};
 use rskafka::client::Client;
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 
-use super::store::{self, Position};
+use super::StoreError;
+use super::positions::{self, Position};
 use crate::kafka::{self, KafkaError, LogCheck};
+
+/// Why a lag could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum LagError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Log ends of a topic's partitions, keeping one client per partition
 /// between calls.
@@ -135,8 +146,8 @@ pub async fn measure(
     group: &str,
     topic: &str,
     partitions: &[i32],
-) -> Result<Lag, tokio_postgres::Error> {
-    let stored = store::positions(db, group, topic).await?;
+) -> Result<Lag, StoreError> {
+    let stored = positions::positions(db, group, topic).await?;
     let mut per_partition = BTreeMap::new();
     for &p in partitions {
         let lag = match ends.of(kafka, topic, p, stored.get(&p)).await {

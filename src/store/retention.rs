@@ -8,7 +8,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::error_text;
+use super::Result;
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 5_000;
@@ -23,15 +23,13 @@ const DELETE_OLD: &str = "DELETE FROM popularity_events WHERE id IN ( \
      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
 /// Deletes one batch of history older than `days`; returns the rows deleted.
-pub async fn delete_batch(pool: &Pool, days: i32, limit: i64) -> Result<u64, String> {
-    let db = pool.get().await.map_err(|e| e.to_string())?;
-    db.execute(DELETE_OLD, &[&days, &limit])
-        .await
-        .map_err(|e| error_text(&e))
+pub async fn delete_batch(pool: &Pool, days: i32, limit: i64) -> Result<u64> {
+    let db = pool.get().await?;
+    Ok(db.execute(DELETE_OLD, &[&days, &limit]).await?)
 }
 
 /// One sweep: batches until nothing older than `days` is left, or shutdown.
-pub async fn sweep(pool: &Pool, days: i32, shutdown: &CancellationToken) -> Result<u64, String> {
+pub async fn sweep(pool: &Pool, days: i32, shutdown: &CancellationToken) -> Result<u64> {
     let mut total = 0;
     loop {
         let deleted = delete_batch(pool, days, BATCH).await?;

@@ -1,13 +1,14 @@
-//! The pipeline's consume and serve stages running in this test process on
-//! the real broker and a database of the test's own, with the server on port 0.
+//! The pipeline's consume and serve stages, built and run in this test
+//! process exactly as `catlog-live` builds them (the same command line, the
+//! same [`Pipeline`]), on the real broker and a database of the test's own,
+//! with the server on port 0.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use catlog_live::config::StartFrom;
-use catlog_live::consume::{self, ConsumerSettings};
-use catlog_live::db::Database;
-use catlog_live::serve::{self, FollowSettings};
+use catlog_live::config::{Cli, Command};
+use catlog_live::pipeline::{Pipeline, Settings};
+use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -18,72 +19,109 @@ use super::{TestDb, TestTopic, broker};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A running consumer and server, stopped when dropped.
+/// The settings `catlog-live all <args>` would run with, on `topic` and
+/// `db_url`, with the server on port 0 and without the simulator (the
+/// tests publish what they need).
+pub fn settings(topic: &str, db_url: &str, broadcast_every: Duration, args: &[&str]) -> Settings {
+    let broker = broker();
+    let broadcast = broadcast_every.as_millis().to_string();
+    let mut line = vec![
+        "catlog-live",
+        "all",
+        "--kafka-broker",
+        &broker,
+        "--kafka-topic",
+        topic,
+        "--database-url",
+        db_url,
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--broadcast-interval-ms",
+        &broadcast,
+        "--batch-size",
+        "500",
+    ];
+    line.extend_from_slice(args);
+    let cli = Cli::try_parse_from(line).unwrap_or_else(|e| panic!("{e}"));
+    let Command::All(all) = cli.command else {
+        panic!("not `all`")
+    };
+    Settings {
+        produce: None,
+        ..Settings::from(&all)
+    }
+}
+
+/// A running pipeline (consume and serve, or what `settings` choose),
+/// stopped when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Builds and starts `settings`.
+    pub async fn start(settings: Settings) -> Self {
+        let pipeline = Pipeline::build(settings).await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = pipeline.address().expect("a server");
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            pipeline.run(stop).await.unwrap_or_else(|e| panic!("{e}"));
+        });
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops every stage, and waits until they have.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("stages stop within 10 s")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Consume and serve on a fresh topic and database.
 pub struct Stack {
     pub addr: SocketAddr,
     pub topic: TestTopic,
     pub db: TestDb,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    running: Running,
 }
 
 impl Stack {
     /// Starts consume and serve on a fresh topic and database.
     pub async fn start(partitions: i32, broadcast_every: Duration) -> Self {
-        Self::start_with(partitions, broadcast_every, serve::Access::default()).await
+        Self::start_with(partitions, broadcast_every, &[]).await
     }
 
-    /// The same, with access settings for the server.
-    pub async fn start_with(partitions: i32, broadcast_every: Duration, access: serve::Access) -> Self {
+    /// The same, with more command-line settings (`--api-token`, …).
+    pub async fn start_with(partitions: i32, broadcast_every: Duration, args: &[&str]) -> Self {
         let topic = TestTopic::new(partitions).await;
-        let db = TestDb::migrated().await;
-        let database: Database = db.url.parse().unwrap();
-        let pool = database.pool(8).unwrap();
-        let kafka_args = catlog_live::config::KafkaArgs::plain(broker(), topic.name.clone());
-        let kafka = catlog_live::kafka::connect(&kafka_args).await.unwrap();
-        let reader = catlog_live::kafka::connect_reader(&kafka_args).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let consumer = consume::run(
-            ConsumerSettings {
-                group: "catlog-live".into(),
-                topic: topic.name.clone(),
-                start_from: StartFrom::Earliest,
-                batch_size: 500,
-                fetch_wait_ms: 20,
-            },
-            database.clone(),
-            pool.clone(),
-            reader,
-            shutdown.clone(),
-        );
-        let listener = serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let settings = FollowSettings {
-            group: "catlog-live".into(),
-            topic: topic.name.clone(),
-            broadcast_every,
-        };
-        let server = serve::run(
-            settings,
-            access,
-            database,
-            pool,
-            Some(kafka),
-            listener,
-            shutdown.clone(),
-        );
-        let tasks = vec![
-            tokio::spawn(consumer),
-            tokio::spawn(async move {
-                server.await.unwrap();
-            }),
-        ];
+        let db = TestDb::new();
+        let running = Running::start(settings(&topic.name, &db.url, broadcast_every, args)).await;
         Self {
-            addr,
+            addr: running.addr,
             topic,
             db,
-            shutdown,
-            tasks,
+            running,
         }
     }
 
@@ -136,23 +174,8 @@ impl Stack {
     }
 
     /// Stops both stages.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        for task in self.tasks.drain(..) {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("stages stop within 10 s")
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        for task in &self.tasks {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! `sslmode=require` in DATABASE_URL encrypts every connection: sessions,
 //! the pool, LISTEN, and the binary's own.
 
-mod common;
+use crate::common;
 
 use catlog_live::db::Database;
 use common::TestDb;

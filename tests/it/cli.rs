@@ -1,7 +1,7 @@
 //! What a person sees at the command line: help that explains every option,
 //! and one clear line (never a panic) for a wrong setting.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

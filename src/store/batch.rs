@@ -9,15 +9,13 @@
 //! publish retried after a lost acknowledgement (a second record with the
 //! same event id) counts once.
 //!
-//! A stored position is only trusted for the log it came from: it carries
-//! the log's epoch, and a batch read from an older log than the one stored
-//! is refused whole ([`CommitError::Stale`]). [`start_new_log`] moves a
-//! partition to a new log.
+//! A stored position is only trusted for the log it came from (see
+//! [`super::positions`]): a batch read from an older log than the one
+//! stored is refused for those partitions ([`CommitError::Stale`]).
 //!
-//! Every transaction that writes offsets takes a transaction-level advisory
-//! lock first: history ids then follow commit order, so a reader of "rows
-//! after id N" never misses a late commit, and no two writers of one
-//! partition's position interleave.
+//! The transaction takes [`super::COMMIT_ORDER_LOCK`] first: history ids then
+//! follow commit order, and no two writers of one partition's position
+//! interleave.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
@@ -28,13 +26,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::positions::{self, Position};
+use super::{NOTIFY_CHANNEL, lock_commit_order};
 use crate::event::{Event, EventType, Measure, Score};
-use crate::kafka::RecordMark;
-
-/// Advisory lock taken by every transaction that writes offsets ("catlog-commit").
-pub const COMMIT_ORDER_LOCK: i64 = 0x6361_746c_6f67_636f;
-/// Channel `NOTIFY`'d after each batch with new history rows.
-pub const NOTIFY_CHANNEL: &str = "catlog_live_events";
 
 /// A valid event and where it came from.
 #[derive(Debug, Clone)]
@@ -58,16 +52,6 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub reason: String,
-}
-
-/// Where a group stands on one partition: the next offset to read, in which
-/// log, and the record just before it (to recognise that log again).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub next_offset: i64,
-    pub log_epoch: i32,
-    /// The record at `next_offset - 1`; `None` when not known.
-    pub last: Option<RecordMark>,
 }
 
 /// What one transaction writes.
@@ -214,10 +198,6 @@ FROM unnest($2::int4[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::te
 ON CONFLICT DO NOTHING
 "#;
 
-/// The stored log epoch of the batch's partitions, to refuse a stale batch.
-const LOAD_EPOCHS: &str = "SELECT partition, log_epoch FROM consumer_offsets \
-     WHERE group_id = $1 AND topic = $2 AND partition = ANY($3)";
-
 /// Moves positions forward only; the record mark follows the offset.
 const SAVE_POSITIONS: &str = r#"
 INSERT INTO consumer_offsets AS co (group_id, topic, partition, next_offset, log_epoch,
@@ -232,114 +212,6 @@ ON CONFLICT (group_id, topic, partition) DO UPDATE
         updated_at = now()
     WHERE co.log_epoch = EXCLUDED.log_epoch AND co.next_offset <= EXCLUDED.next_offset
 "#;
-
-/// Every stored position of a group on a topic.
-const LOAD_POSITIONS: &str = "SELECT partition, next_offset, log_epoch, last_record_time, last_event_id \
-     FROM consumer_offsets WHERE group_id = $1 AND topic = $2";
-
-/// The group's stored position on every partition of `topic` it has one for.
-pub async fn positions(
-    db: &tokio_postgres::Client,
-    group: &str,
-    topic: &str,
-) -> Result<BTreeMap<i32, Position>, tokio_postgres::Error> {
-    let rows = db.query(LOAD_POSITIONS, &[&group, &topic]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let last = r.get::<_, Option<DateTime<Utc>>>(3).map(|time| RecordMark {
-                time,
-                event_id: r.get(4),
-            });
-            (
-                r.get(0),
-                Position {
-                    next_offset: r.get(1),
-                    log_epoch: r.get(2),
-                    last,
-                },
-            )
-        })
-        .collect())
-}
-
-/// A partition found on a new log, and where reading starts in it.
-#[derive(Debug, Clone)]
-pub struct NewLog {
-    pub partition: i32,
-    /// The position stored for the old log.
-    pub stored: Position,
-    /// The new log's end when it was found.
-    pub log_end: i64,
-    /// The first offset to read in the new log.
-    pub restart_at: i64,
-    /// Why the log counts as new.
-    pub why: String,
-}
-
-impl NewLog {
-    /// The position reading starts from in the new log.
-    pub fn position(&self) -> Position {
-        Position {
-            next_offset: self.restart_at,
-            log_epoch: self.stored.log_epoch + 1,
-            last: None,
-        }
-    }
-}
-
-const START_NEW_LOG: &str = "UPDATE consumer_offsets \
-     SET log_epoch = log_epoch + 1, next_offset = $5, last_record_time = NULL, last_event_id = NULL, \
-         updated_at = now() \
-     WHERE group_id = $1 AND topic = $2 AND partition = $3 AND log_epoch = $4";
-
-const RECORD_LOG_RESET: &str = "INSERT INTO log_resets \
-     (group_id, topic, partition, log_epoch, stored_offset, log_end, restart_at, reason) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-
-/// Moves `group`'s position on a partition to a new log (inside `tx`, not
-/// committed here). `false` when the stored position is no longer the one
-/// the new log was found against (another consumer moved it first).
-pub async fn start_new_log(
-    tx: &Transaction<'_>,
-    group: &str,
-    topic: &str,
-    new_log: &NewLog,
-) -> Result<bool, tokio_postgres::Error> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
-        .await?;
-    let next = new_log.position();
-    let moved = tx
-        .execute(
-            START_NEW_LOG,
-            &[
-                &group,
-                &topic,
-                &new_log.partition,
-                &new_log.stored.log_epoch,
-                &next.next_offset,
-            ],
-        )
-        .await?;
-    if moved == 0 {
-        return Ok(false);
-    }
-    tx.execute(
-        RECORD_LOG_RESET,
-        &[
-            &group,
-            &topic,
-            &new_log.partition,
-            &next.log_epoch,
-            &new_log.stored.next_offset,
-            &new_log.log_end,
-            &next.next_offset,
-            &new_log.why,
-        ],
-    )
-    .await?;
-    Ok(true)
-}
 
 /// How a batch treats records that may already be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,9 +232,7 @@ pub async fn write(
     mode: Mode,
 ) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, mode);
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
-        .await
-        .map_err(classify)?;
+    lock_commit_order(tx).await.map_err(classify)?;
     let stale = stale_partitions(tx, group, topic, batch)
         .await
         .map_err(classify)?;
@@ -430,14 +300,12 @@ async fn stale_partitions(
     topic: &str,
     batch: &Batch,
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
-    let partitions: Vec<i32> = batch.positions.keys().copied().collect();
-    let statement = tx.prepare_cached(LOAD_EPOCHS).await?;
-    let stored = tx.query(&statement, &[&group, &topic, &partitions]).await?;
-    Ok(stored
+    let stored = positions::positions(&**tx, group, topic).await?;
+    Ok(batch
+        .positions
         .iter()
-        .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
-        .filter(|(p, epoch)| batch.positions.get(p).is_some_and(|pos| pos.log_epoch != *epoch))
-        .map(|(p, _)| p)
+        .filter(|(p, pos)| stored.get(p).is_some_and(|s| s.log_epoch != pos.log_epoch))
+        .map(|(p, _)| *p)
         .collect())
 }
 

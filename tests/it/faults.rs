@@ -5,7 +5,7 @@
 //! a proxy the test can cut) and a database of its own; what was published
 //! is counted against what was stored.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;

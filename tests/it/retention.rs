@@ -1,9 +1,9 @@
 //! History retention deletes old history in batches and keeps the rest.
 
-mod common;
+use crate::common;
 
-use catlog_live::consume::retention;
 use catlog_live::db::Database;
+use catlog_live::store::retention;
 use common::TestDb;
 use tokio_util::sync::CancellationToken;
 

@@ -197,13 +197,6 @@ impl Proxy {
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
-
-    /// Closes any connection that sends a request with one of these API keys.
-    pub fn block_apis(&self, keys: &[i16]) {
-        let mut blocked = self.state.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        blocked.clear();
-        blocked.extend(keys);
-    }
 }
 
 async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {

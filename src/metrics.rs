@@ -1,9 +1,12 @@
-//! Prometheus metrics: one recorder per process (so `all` shows the
-//! consumer's figures too), rendered at `GET /metrics`.
+//! Prometheus metrics: one recorder per process, whichever stages it runs
+//! (so `all` shows the consumer's figures too), and the route that renders
+//! them: `GET /metrics` on `serve`'s server, or on a server of its own for a
+//! `consume` process ([`serve_alone`], at `METRICS_ADDR`).
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use warp::{Filter, Rejection, Reply};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -19,23 +22,34 @@ pub fn handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Serves only `GET /metrics` on `listener` until `shutdown`: for a
-/// `consume` process, which has no web server of its own.
-pub fn serve_alone(
-    listener: tokio::net::TcpListener,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    use warp::Filter;
+/// `GET /metrics` (and `HEAD`): every metric of this process, in the
+/// Prometheus text format.
+pub fn route() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get().or(warp::head()).unify())
+        .map(|| {
+            let body = handle().map(|h| h.render()).unwrap_or_default();
+            warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .into_response()
+        })
+}
 
+/// Serves only [`route`] on `listener` until `shutdown`: for a `consume`
+/// process, which has no web server of its own.
+pub async fn serve_alone(listener: tokio::net::TcpListener, shutdown: tokio_util::sync::CancellationToken) {
     handle();
-    let route = warp::path!("metrics")
-        .and(warp::get())
-        .and_then(super::handlers::metrics)
-        .boxed();
-    warp::serve(route)
+    let not_found = |_: Rejection| async {
+        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({"error": "not found: this server only has /metrics"})),
+            warp::http::StatusCode::NOT_FOUND,
+        ))
+    };
+    warp::serve(route().recover(not_found))
         .incoming(listener)
         .graceful(async move { shutdown.cancelled().await })
         .run()
+        .await;
 }
 
 /// Drains histogram samples into their summaries; call now and then.

@@ -6,7 +6,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test installs
 //! them when missing).
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -280,21 +280,33 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
 async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back() {
     let db = TestDb::new();
     let topic = unique("catlog-stale");
-    // Ten events a quarter second apart, then silence.
-    let (_app, url) = start_all(
-        &topic,
-        &db,
-        &[("PRODUCER_INTERVAL_MS", "250"), ("PRODUCER_MAX_EVENTS", "10")],
-    )
-    .await;
+    // The page first, on a pipeline that produces nothing itself…
+    let (_app, url) = start_all(&topic, &db, &[("PRODUCER_MAX_EVENTS", "0")]).await;
     let port = free_port();
     let _driver = chromedriver(port);
     let client = browser(port).await;
     client.goto(&url).await.unwrap();
     wait_js(
         &client,
-        "the indicator to say Live",
+        "the page to connect",
         "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+    // …then ten events a quarter second apart, seen live, then silence.
+    let produce = |n: &str| {
+        catlog(
+            &["produce", "--interval-ms", "250", "--max-events", n],
+            &topic,
+            &db.url,
+        )
+        .status()
+        .unwrap()
+    };
+    assert!(produce("10").success());
+    wait_js(
+        &client,
+        "the ten events in the feed",
+        "return document.querySelectorAll('#feed li').length === 10",
     )
     .await;
     wait_js(
@@ -312,10 +324,7 @@ async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back(
     assert_ne!(color, "rgb(11, 107, 46)", "stale is not drawn in Live's green");
 
     // One more event: Live again.
-    let status = catlog(&["produce", "--max-events", "1"], &topic, &db.url)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(produce("1").success());
     wait_js(
         &client,
         "the indicator to say Live again",

@@ -4,7 +4,6 @@
 //! The broker address comes from `CATLOG_TEST_BROKER` (set by `scripts/test`,
 //! which starts one) and PostgreSQL from `CATLOG_TEST_DATABASE_URL`. A missing
 //! service fails the test with a message saying how to start it.
-#![allow(dead_code)]
 
 pub mod broker;
 pub mod stack;

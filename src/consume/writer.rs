@@ -1,0 +1,353 @@
+//! The writer: drains the readers' queue into batches and commits each
+//! in one transaction (see [`crate::store::batch`]). Database trouble is
+//! retried with backoff; a batch the database rejects for its data is split
+//! so the culprit becomes a dead letter; records read from a log older than
+//! the stored one are dropped and their reader is started again; a move to
+//! a new log is recorded in queue order, after every record read before it.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::Work;
+use super::{ConsumeError, ConsumerSettings};
+use crate::event::{self, Event};
+use crate::kafka::RecordMark;
+use crate::retry::Backoff;
+use crate::store::{self, Batch, CommitError, DeadLetter, Mode, NewLog, Position, Row, Written};
+
+/// Drains the queue into batches and commits them until the queue closes or
+/// `shutdown` fires between two batches.
+pub(super) async fn run(
+    settings: ConsumerSettings,
+    pool: Pool,
+    mut queue: mpsc::Receiver<Work>,
+    restart: mpsc::Sender<i32>,
+    shutdown: CancellationToken,
+) {
+    let mut carried: Option<Work> = None;
+    loop {
+        let first = match carried.take() {
+            Some(work) => work,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                next = queue.recv() => match next {
+                    Some(work) => work,
+                    None => return,
+                },
+            },
+        };
+        let mut batch = match first {
+            Work::NewLog(new_log) => {
+                if !start_new_log_with_retry(&settings, &pool, &new_log, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Work::Records {
+                partition,
+                log_epoch,
+                records,
+            } => {
+                let mut batch = Batch::default();
+                add(&mut batch, partition, log_epoch, records);
+                batch
+            }
+        };
+        // More chunks, up to a batch; a new log or another log epoch of a
+        // partition already in the batch waits for the next one.
+        while batch.len() < settings.batch_size {
+            match queue.try_recv() {
+                Ok(Work::Records {
+                    partition,
+                    log_epoch,
+                    records,
+                }) if batch
+                    .positions
+                    .get(&partition)
+                    .is_none_or(|p| p.log_epoch == log_epoch) =>
+                {
+                    add(&mut batch, partition, log_epoch, records)
+                }
+                Ok(other) => {
+                    carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_with_retry(&settings, &pool, &batch, &shutdown).await {
+            Committed::Yes => {}
+            Committed::ShutDown => return,
+            Committed::Stale(partitions) => {
+                for p in partitions {
+                    let _ = restart.try_send(p);
+                }
+            }
+        }
+    }
+}
+
+/// Validates every record of one chunk into `batch`: a history row or a
+/// dead letter each, and the partition's position after it.
+fn add(batch: &mut Batch, partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) {
+    for RecordAndOffset { record, offset } in records {
+        batch.positions.insert(
+            partition,
+            Position {
+                next_offset: offset + 1,
+                log_epoch,
+                last: Some(RecordMark::of(&record)),
+            },
+        );
+        let value = record.value.unwrap_or_default();
+        let valid = event::event_id(&record.headers)
+            .and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
+        match valid {
+            Ok((event_id, event)) => batch.rows.push(Row {
+                partition,
+                log_epoch,
+                offset,
+                event_id,
+                event,
+                raw: value,
+            }),
+            Err(invalid) => {
+                tracing::warn!(partition, offset, reason = %invalid, "dead letter");
+                batch.dead_letters.push(DeadLetter {
+                    partition,
+                    log_epoch,
+                    offset,
+                    key: record.key,
+                    payload: Some(value),
+                    reason: invalid.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// How a batch ended.
+enum Committed {
+    Yes,
+    /// Shutdown came before the batch could be committed (nothing of it is).
+    ShutDown,
+    /// Committed without these partitions, whose stored position is on a newer log.
+    Stale(Vec<i32>),
+}
+
+/// Commits `batch`, retrying database trouble with backoff.
+async fn commit_with_retry(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    batch: &Batch,
+    shutdown: &CancellationToken,
+) -> Committed {
+    let mut backoff = Backoff::standard();
+    let mut batch = Cow::Borrowed(batch);
+    let mut stale = Vec::new();
+    loop {
+        let started = Instant::now();
+        match commit(settings, pool, &batch).await {
+            Ok(written) => {
+                metrics::histogram!("catlog_batch_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("catlog_events_consumed_total").increment(written.events);
+                metrics::counter!("catlog_dead_letters_total").increment(written.dead_letters);
+                tracing::debug!(
+                    records = batch.len(),
+                    events = written.events,
+                    dead_letters = written.dead_letters,
+                    "batch committed"
+                );
+                return if stale.is_empty() {
+                    Committed::Yes
+                } else {
+                    Committed::Stale(stale)
+                };
+            }
+            Err(CommitError::Stale(partitions)) => {
+                tracing::warn!(
+                    ?partitions,
+                    "stored position is on a newer log than these records; dropping them"
+                );
+                batch = Cow::Owned(batch.without(&partitions));
+                stale.extend(partitions);
+                if batch.positions.is_empty() {
+                    return Committed::Stale(stale);
+                }
+                continue;
+            }
+            Err(CommitError::Data(reason)) if batch.len() > 1 => {
+                tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
+                return commit_one_by_one(settings, pool, &batch, shutdown).await;
+            }
+            Err(CommitError::Data(reason)) if batch.is_empty() => {
+                tracing::warn!(%reason, "cannot store offsets; retrying");
+            }
+            Err(CommitError::Data(reason)) => {
+                let dead = rejected(&batch, &reason);
+                return Box::pin(commit_with_retry(settings, pool, &dead, shutdown)).await;
+            }
+            // (A duplicate is only reported in Fresh mode, which `commit` retries.)
+            Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
+            Err(CommitError::Unavailable(error)) => {
+                tracing::warn!(%error, "cannot commit batch; retrying");
+            }
+        }
+        if !backoff.wait(shutdown).await {
+            return Committed::ShutDown;
+        }
+    }
+}
+
+async fn commit_one_by_one(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    batch: &Batch,
+    shutdown: &CancellationToken,
+) -> Committed {
+    let position = |partition: i32, log_epoch: i32, offset: i64| Position {
+        next_offset: offset + 1,
+        log_epoch,
+        last: batch
+            .positions
+            .get(&partition)
+            .filter(|p| p.next_offset == offset + 1)
+            .and_then(|p| p.last),
+    };
+    let singles = batch
+        .rows
+        .iter()
+        .map(|row| Batch {
+            rows: vec![row.clone()],
+            positions: [(row.partition, position(row.partition, row.log_epoch, row.offset))].into(),
+            ..Batch::default()
+        })
+        .chain(batch.dead_letters.iter().map(|dead| {
+            Batch {
+                dead_letters: vec![dead.clone()],
+                positions: [(
+                    dead.partition,
+                    position(dead.partition, dead.log_epoch, dead.offset),
+                )]
+                .into(),
+                ..Batch::default()
+            }
+        }));
+    let mut stale: Vec<i32> = Vec::new();
+    for single in singles {
+        if single.positions.keys().any(|p| stale.contains(p)) {
+            continue;
+        }
+        match Box::pin(commit_with_retry(settings, pool, &single, shutdown)).await {
+            Committed::Yes => {}
+            Committed::ShutDown => return Committed::ShutDown,
+            Committed::Stale(partitions) => stale.extend(partitions),
+        }
+    }
+    if stale.is_empty() {
+        Committed::Yes
+    } else {
+        Committed::Stale(stale)
+    }
+}
+
+/// A one-record batch the database refused: its event becomes a dead letter
+/// with the database's reason. (A refused dead letter is logged and skipped.)
+fn rejected(batch: &Batch, reason: &str) -> Batch {
+    for dead in &batch.dead_letters {
+        tracing::error!(
+            partition = dead.partition,
+            offset = dead.offset,
+            reason,
+            "dead letter refused by the database; skipped"
+        );
+    }
+    let dead_letters = batch
+        .rows
+        .iter()
+        .map(|row| DeadLetter {
+            partition: row.partition,
+            log_epoch: row.log_epoch,
+            offset: row.offset,
+            key: Some(row.event.key()),
+            payload: Some(row.raw.clone()),
+            reason: format!("rejected by the database: {reason}"),
+        })
+        .collect();
+    Batch {
+        dead_letters,
+        positions: batch.positions.clone(),
+        ..Batch::default()
+    }
+}
+
+async fn commit(settings: &ConsumerSettings, pool: &Pool, batch: &Batch) -> Result<Written, CommitError> {
+    match commit_in(settings, pool, batch, Mode::Fresh).await {
+        // Some record is stored already (a replay, a partition that just
+        // changed hands, a retried publish): write again, skipping what is there.
+        Err(CommitError::Duplicate) => commit_in(settings, pool, batch, Mode::SkipStored).await,
+        other => other,
+    }
+}
+
+async fn commit_in(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    batch: &Batch,
+    mode: Mode,
+) -> Result<Written, CommitError> {
+    let mut db = pool
+        .get()
+        .await
+        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+    let classify = |e| CommitError::classify(e, mode);
+    let tx = db.transaction().await.map_err(classify)?;
+    let written = store::batch::write(&tx, &settings.group, &settings.topic, batch, mode).await?;
+    tx.commit().await.map_err(classify)?;
+    Ok(written)
+}
+
+/// Records the move of a partition to a new log, retrying database trouble.
+/// `false` when shutdown came first.
+async fn start_new_log_with_retry(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    new_log: &NewLog,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::standard();
+    loop {
+        match start_new_log(settings, pool, new_log).await {
+            Ok(true) => return true,
+            Ok(false) => {
+                tracing::info!(
+                    partition = new_log.partition,
+                    "another consumer moved the partition's position first"
+                );
+                return true;
+            }
+            Err(error) => tracing::warn!(%error, "cannot record the new log; retrying"),
+        }
+        if !backoff.wait(shutdown).await {
+            return false;
+        }
+    }
+}
+
+async fn start_new_log(
+    settings: &ConsumerSettings,
+    pool: &Pool,
+    new_log: &NewLog,
+) -> Result<bool, ConsumeError> {
+    let mut db = pool.get().await?;
+    let tx = db.transaction().await?;
+    let moved = store::positions::start_new_log(&tx, &settings.group, &settings.topic, new_log).await?;
+    tx.commit().await?;
+    Ok(moved)
+}

@@ -1,0 +1,225 @@
+//! The history and the current state, read back: history rows as events
+//! (built straight from the columns [`super::batch`] wrote), and one
+//! anime's current state with its recent history. Named queries, with
+//! parameters; `serve` is the reader.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use tokio_postgres::Row;
+
+use super::Result;
+use crate::event::{Event, EventType, Measure, Score};
+
+/// A history row read back: its id, the event, and when it was committed.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Increasing in commit order: the resume point.
+    pub id: i64,
+    pub event: Event,
+    /// When the row was committed (the clock trending decays by).
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// An anime the current state knows, with what it last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownAnime {
+    pub mal_id: i32,
+    pub title: String,
+    pub score: Option<f64>,
+    pub members: Option<i64>,
+}
+
+/// One anime's current state (`live_popularity`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnimeState {
+    pub mal_id: i32,
+    pub title: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    pub last_event_type: String,
+    pub last_update: DateTime<Utc>,
+    pub event_count: i64,
+}
+
+/// One row of an anime's history, in short form.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    pub id: i64,
+    pub event_type: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    pub timestamp: String,
+}
+
+/// The columns [`stored_event`] reads, in its order.
+const EVENT_COLUMNS: &str = "id, mal_id, title, event_type, (current_score * 100)::int4, live_members, \
+     trending_rank, popularity_change::text, event_time, ingested_at";
+
+/// A numeric column's text with its sign, as the wire format writes it.
+fn signed(text: &str) -> String {
+    if text.starts_with('-') {
+        text.to_owned()
+    } else {
+        format!("+{text}")
+    }
+}
+
+/// The event of a history row (columns as [`EVENT_COLUMNS`]); `None` for a
+/// row that cannot be one (the writer never stores such a row).
+fn stored_event(row: &Row) -> Option<StoredEvent> {
+    let id: i64 = row.get(0);
+    let event_type: String = row.get(3);
+    let measure = match EventType::parse(&event_type) {
+        Some(EventType::ScoreUpdate) => row
+            .get::<_, Option<i32>>(4)
+            .and_then(|h| u16::try_from(h).ok())
+            .and_then(Score::from_hundredths)
+            .map(Measure::Score),
+        Some(EventType::MemberUpdate) => row.get::<_, Option<i64>>(5).map(Measure::Members),
+        Some(EventType::TrendingChange) => row.get::<_, Option<i32>>(6).map(Measure::Rank),
+        None => None,
+    };
+    let Some(measure) = measure else {
+        tracing::warn!(id, event_type, "history row without its measure; skipped");
+        return None;
+    };
+    Some(StoredEvent {
+        id,
+        event: Event {
+            mal_id: row.get(1),
+            title: row.get(2),
+            measure,
+            popularity_change: signed(&row.get::<_, String>(7)),
+            timestamp: row.get(8),
+        },
+        ingested_at: row.get(9),
+    })
+}
+
+/// History rows after `id`, oldest first, at most `limit`.
+pub async fn rows_after(pool: &Pool, id: i64, limit: i64) -> Result<Vec<StoredEvent>> {
+    let db = pool.get().await?;
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE id > $1 ORDER BY id LIMIT $2");
+    let rows = db.query(&sql, &[&id, &limit]).await?;
+    Ok(rows.iter().filter_map(stored_event).collect())
+}
+
+/// The newest history rows, newest first, optionally of one anime and before an id.
+pub async fn latest(
+    pool: &Pool,
+    limit: i64,
+    mal_id: Option<i32>,
+    before: Option<i64>,
+) -> Result<Vec<StoredEvent>> {
+    let db = pool.get().await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM popularity_events \
+         WHERE ($2::int4 IS NULL OR mal_id = $2) AND ($3::int8 IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $1"
+    );
+    let rows = db.query(&sql, &[&limit, &mal_id, &before]).await?;
+    Ok(rows.iter().filter_map(stored_event).collect())
+}
+
+/// History committed in the last `seconds`, newest first, at most `limit` rows.
+pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredEvent>> {
+    let db = pool.get().await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM popularity_events \
+         WHERE ingested_at > now() - make_interval(secs => $1) ORDER BY id DESC LIMIT $2"
+    );
+    let rows = db.query(&sql, &[&seconds, &limit]).await?;
+    Ok(rows.iter().filter_map(stored_event).collect())
+}
+
+/// The highest history id (0 when there is none).
+pub async fn last_id(pool: &Pool) -> Result<i64> {
+    let db = pool.get().await?;
+    let row = db
+        .query_one("SELECT coalesce(max(id), 0) FROM popularity_events", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Every anime the current state knows.
+pub async fn known_anime(pool: &Pool) -> Result<Vec<KnownAnime>> {
+    let db = pool.get().await?;
+    let rows = db
+        .query(
+            "SELECT mal_id, title, current_score::float8, live_members FROM live_popularity",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KnownAnime {
+            mal_id: r.get(0),
+            title: r.get(1),
+            score: r.get(2),
+            members: r.get(3),
+        })
+        .collect())
+}
+
+/// How many rows of history come with an anime.
+pub const ANIME_HISTORY: i64 = 200;
+
+/// One anime's current state and its last [`ANIME_HISTORY`] events, newest
+/// first; `None` if it was never seen.
+pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<HistoryPoint>)>> {
+    let db = pool.get().await?;
+    let current = db
+        .query_opt(
+            "SELECT mal_id, title, current_score::text, live_members, trending_rank, popularity_change::text, \
+                    last_event_type, last_update, event_count \
+             FROM live_popularity WHERE mal_id = $1",
+            &[&mal_id],
+        )
+        .await?;
+    let Some(c) = current else { return Ok(None) };
+    let state = AnimeState {
+        mal_id: c.get(0),
+        title: c.get(1),
+        current_score: c.get(2),
+        live_members: c.get(3),
+        trending_rank: c.get(4),
+        popularity_change: signed(&c.get::<_, String>(5)),
+        last_event_type: c.get(6),
+        last_update: c.get(7),
+        event_count: c.get(8),
+    };
+    let history = db
+        .query(
+            "SELECT id, event_type, current_score::text, live_members, trending_rank, popularity_change::text, event_time \
+             FROM popularity_events WHERE mal_id = $1 ORDER BY id DESC LIMIT $2",
+            &[&mal_id, &ANIME_HISTORY],
+        )
+        .await?
+        .iter()
+        .map(|r| HistoryPoint {
+            id: r.get(0),
+            event_type: r.get(1),
+            current_score: r.get(2),
+            live_members: r.get(3),
+            trending_rank: r.get(4),
+            popularity_change: signed(&r.get::<_, String>(5)),
+            timestamp: r
+                .get::<_, DateTime<Utc>>(6)
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        })
+        .collect();
+    Ok(Some((state, history)))
+}
+
+/// Whether the database answers.
+pub async fn ping(pool: &Pool) -> Result<()> {
+    pool.get().await?.query_one("SELECT 1", &[]).await?;
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! The integration tests, in one binary: the real broker, the real
+//! PostgreSQL, the real binary and a real browser. Each test has its own
+//! topic and its own database, so they run in parallel (`scripts/test`).
+
+mod common;
+
+mod browser;
+mod cli;
+mod compose;
+mod crash_safety;
+mod doctor;
+mod faults;
+mod pipeline;
+mod postgres_tls;
+mod retention;
+mod security;
+mod serve_api;
+mod websocket;
