@@ -301,6 +301,25 @@ mod tests {
         assert!(bebop.iter().all(|s| (7.0..=10.0).contains(s)), "{bebop:?}");
     }
 
+    /// A timing, not a check: `cargo test --release --lib next_event_rate -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing to run by hand"]
+    fn next_event_rate() {
+        let catalog = Catalog::builtin().unwrap();
+        let mut sim = Simulator::new(&catalog, Some(1));
+        let now = DateTime::from_timestamp(1_755_196_200, 0).unwrap();
+        let n = 1_000_000;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(sim.next_event(now));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "next_event: {n} events in {secs:.2} s, {:.0} events/s",
+            n as f64 / secs
+        );
+    }
+
     #[test]
     fn thousands_are_exact() {
         assert_eq!(thousands(800), "+0.8");
