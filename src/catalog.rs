@@ -1,13 +1,19 @@
 //! The anime the simulator starts from: a real catalog compiled into the
-//! binary (`catalog/anime.csv`), or a user's own CSV or JSON file.
+//! binary (`catalog/anime.csv`, MyAnimeList data of about April 2024; see
+//! `catalog/README.md`), or a user's own CSV or JSON file.
 //!
 //! Columns (CSV header, or JSON object keys): `malId`, `title`, `score`,
-//! `members`, and optionally `type` and `year`.
+//! `members`, and optionally `type`, `year` and `estimated`. `estimated`
+//! (`true`/`false`, `false` when absent or empty) marks a row whose figures
+//! are not from the source snapshot but a best guess, so the built-in catalog
+//! says which of its numbers are real without the simulator treating them
+//! differently.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use crate::event::MAX_TITLE_CHARS;
 
@@ -31,6 +37,46 @@ pub struct Anime {
     /// Year it started airing.
     #[serde(default)]
     pub year: Option<i32>,
+    /// The figures are a best guess, not from the catalog's source.
+    #[serde(default, deserialize_with = "flag")]
+    pub estimated: bool,
+}
+
+/// `true`/`false` (any case), or empty/null for `false`: what spreadsheets and
+/// hand-written JSON give for a yes/no column.
+fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    struct Flag;
+
+    impl Visitor<'_> for Flag {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true or false")
+        }
+
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<bool, E> {
+            Ok(value)
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<bool, E> {
+            match value.trim() {
+                "" => Ok(false),
+                v if v.eq_ignore_ascii_case("true") => Ok(true),
+                v if v.eq_ignore_ascii_case("false") => Ok(false),
+                _ => Err(E::invalid_value(de::Unexpected::Str(value), &self)),
+            }
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
+
+    deserializer.deserialize_any(Flag)
 }
 
 /// Errors loading a catalog.
@@ -161,6 +207,24 @@ mod tests {
     }
 
     #[test]
+    fn builtin_catalog_marks_its_estimated_rows() {
+        let catalog = Catalog::builtin().unwrap();
+        let mut estimated: Vec<i32> = catalog
+            .anime()
+            .iter()
+            .filter(|a| a.estimated)
+            .map(|a| a.mal_id)
+            .collect();
+        estimated.sort_unstable();
+        // Listed, with the reason for each, in catalog/README.md.
+        assert_eq!(
+            estimated,
+            [5, 225, 8074, 21881, 27899, 34566, 36511, 57334, 58567]
+        );
+        assert_eq!(catalog.get(1).map(|a| a.estimated), Some(false));
+    }
+
+    #[test]
     fn user_catalog_json_and_csv() {
         let dir = std::env::temp_dir().join(format!("catlog-catalog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -169,12 +233,54 @@ mod tests {
         assert_eq!(Catalog::load(&json).unwrap().anime()[0].title, "Mine");
         let csv = dir.join("mine.csv");
         std::fs::write(&csv, "malId,title,score,members\n8,\"Yours, too\",6.5,99\n").unwrap();
-        assert_eq!(Catalog::load(&csv).unwrap().anime()[0].title, "Yours, too");
+        let yours = Catalog::load(&csv).unwrap();
+        assert_eq!(yours.anime()[0].title, "Yours, too");
+        assert!(
+            !yours.anime()[0].estimated,
+            "no estimated column means not estimated"
+        );
         std::fs::write(&csv, "malId,title,score,members\n8,A,11,99\n").unwrap();
         assert!(Catalog::load(&csv).unwrap_err().to_string().contains("score"));
         std::fs::write(&csv, "malId,title,score,members\n").unwrap();
         assert!(Catalog::load(&csv).unwrap_err().to_string().contains("no anime"));
         assert!(Catalog::load(&dir.join("missing.csv")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn estimated_column_parses_in_csv_and_json() {
+        let dir = std::env::temp_dir().join(format!("catlog-estimated-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flags = |catalog: Catalog| -> Vec<bool> { catalog.anime().iter().map(|a| a.estimated).collect() };
+
+        let csv = dir.join("mine.csv");
+        std::fs::write(
+            &csv,
+            "malId,title,score,members,type,year,estimated\n\
+             1,A,7,10,TV,2001,true\n2,B,7,10,TV,2001,false\n3,C,7,10,,,\n4,D,7,10,TV,2001,TRUE\n",
+        )
+        .unwrap();
+        assert_eq!(flags(Catalog::load(&csv).unwrap()), [true, false, false, true]);
+        std::fs::write(&csv, "malId,title,score,members,estimated\n1,A,7,10,yes\n").unwrap();
+        let error = Catalog::load(&csv).unwrap_err().to_string();
+        assert!(error.contains("true or false"), "{error}");
+
+        let json = dir.join("mine.json");
+        std::fs::write(
+            &json,
+            r#"[{"malId":1,"title":"A","score":7,"members":10,"estimated":true},
+                {"malId":2,"title":"B","score":7,"members":10,"estimated":false},
+                {"malId":3,"title":"C","score":7,"members":10},
+                {"malId":4,"title":"D","score":7,"members":10,"estimated":null}]"#,
+        )
+        .unwrap();
+        assert_eq!(flags(Catalog::load(&json).unwrap()), [true, false, false, false]);
+        std::fs::write(
+            &json,
+            r#"[{"malId":1,"title":"A","score":7,"members":10,"estimated":1}]"#,
+        )
+        .unwrap();
+        assert!(Catalog::load(&json).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }
