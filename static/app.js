@@ -1,6 +1,7 @@
 // CatLog Live – browser client. Vanilla JS, no build step.
-// The server renders the initial feed/trending markup; this script keeps it
-// live over a WebSocket using exactly the same markup (see templates/index.html).
+// The server renders the initial feed/trending markup and, in <template>
+// elements, the same markup empty: this script clones those for live rows,
+// so the markup and its words are written once (templates/index.html).
 (function () {
   "use strict";
 
@@ -14,8 +15,7 @@
   const STALE_MIN_MS = 30000;     // … and never sooner than this
   const GAPS_KEPT = 20;
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const TYPE_LABELS = { SCORE_UPDATE: "Score", MEMBER_UPDATE: "Members", TRENDING_CHANGE: "Trending" };
-  const ARROWS = { up: "▲", down: "▼", flat: "•" };
+  const TYPE_LABELS = JSON.parse(document.body.dataset.typeLabels || "{}");
 
   const $ = (id) => document.getElementById(id);
   const body = document.body;
@@ -156,18 +156,34 @@
     };
   }
 
-  function animeLink(malId, title) {
-    return el("button", { type: "button", class: "anime-link", "data-mal-id": malId }, title);
+  /** A fresh copy of the row the server rendered into <template id=…>. */
+  function fromTemplate(id) {
+    return $(id).content.firstElementChild.cloneNode(true);
+  }
+
+  function fillTime(node, iso) {
+    node.setAttribute("datetime", iso || "");
+    node.textContent = relativeTime(iso, Date.now());
+    const date = new Date(iso);
+    if (!Number.isNaN(date.getTime())) node.title = date.toLocaleString();
   }
 
   function updateItem(v) {
-    return el("li", { class: `update ${v.direction}`, "data-id": v.id, "data-mal-id": v.malId },
-      animeLink(v.malId, v.title),
-      el("span", { class: "event-type", "data-event-type": v.eventType }, v.label),
-      el("span", { class: "value" }, v.value),
-      el("span", { class: `change ${v.direction}` },
-        el("span", { class: "arrow", "aria-hidden": "true" }, ARROWS[v.direction]), ` ${v.change}`),
-      timeEl(v.timestamp));
+    const item = fromTemplate("update-template");
+    item.className = `update ${v.direction}`;
+    item.dataset.id = v.id;
+    item.dataset.malId = v.malId;
+    const link = item.querySelector(".anime-link");
+    link.dataset.malId = v.malId;
+    link.textContent = v.title;
+    const type = item.querySelector(".event-type");
+    type.dataset.eventType = v.eventType;
+    type.textContent = v.label;
+    item.querySelector(".value").textContent = v.value;
+    item.querySelector(".change").className = `change ${v.direction}`;
+    item.querySelector(".change-text").textContent = v.change;
+    fillTime(item.querySelector("time"), v.timestamp);
+    return item;
   }
 
   const noteId = (id) => { if (Number.isFinite(id) && id > state.lastId) state.lastId = id; };
@@ -206,27 +222,28 @@
 
   // ---------------------------------------------------------------- trending
 
-  function movementBadge(item) {
-    if (item.previousRank === null || item.previousRank === undefined) {
-      return el("span", { class: "movement new", role: "img", "aria-label": "New entry" }, "NEW");
-    }
-    const moved = item.previousRank - item.rank;
-    if (moved > 0) return el("span", { class: "movement up", role: "img", "aria-label": `Up ${moved}` }, `▲${moved}`);
-    if (moved < 0) return el("span", { class: "movement down", role: "img", "aria-label": `Down ${-moved}` }, `▼${-moved}`);
-    return el("span", { class: "movement same", role: "img", "aria-label": "No change" }, "–");
+  /** The movement badge: its class draws the arrow; its words come from the markup. */
+  function fillMovement(badge, item) {
+    const moved = isNum(item.previousRank) ? item.previousRank - item.rank : null;
+    const kind = moved === null ? "new" : moved > 0 ? "up" : moved < 0 ? "down" : "same";
+    const word = badge.dataset[`label${kind[0].toUpperCase()}${kind.slice(1)}`] || kind;
+    badge.className = `movement ${kind}`;
+    badge.textContent = kind === "new" ? "NEW" : kind === "same" ? "–" : String(Math.abs(moved));
+    badge.setAttribute("aria-label", kind === "up" || kind === "down" ? `${word} ${Math.abs(moved)}` : word);
   }
 
   function trendingItem(item) {
-    const pair = (label, cls, text) =>
-      el("span", { class: "pair" }, el("span", { class: "label" }, label), " ", el("span", { class: cls }, text));
-    const meta = el("span", { class: "t-meta" },
-      pair("Score", "score", fmtFixed(item.score, 2)), " ",
-      pair("Members", "members", fmtInt(item.members)), " ",
-      pair("Momentum", "momentum", fmtFixed(item.momentum, 1)));
-    return el("li", { "data-mal-id": item.malId },
-      el("span", { class: "rank" }, String(item.rank)),
-      el("div", { class: "t-main" }, animeLink(item.malId, item.title || `#${item.malId}`), meta),
-      movementBadge(item));
+    const row = fromTemplate("trending-template");
+    row.dataset.malId = item.malId;
+    row.querySelector(".rank").textContent = String(item.rank);
+    const link = row.querySelector(".anime-link");
+    link.dataset.malId = item.malId;
+    link.textContent = item.title || `#${item.malId}`;
+    row.querySelector(".score").textContent = fmtFixed(item.score, 2);
+    row.querySelector(".members").textContent = fmtInt(item.members);
+    row.querySelector(".momentum").textContent = fmtFixed(item.momentum, 1);
+    fillMovement(row.querySelector(".movement"), item);
+    return row;
   }
 
   function renderTrending(items) {

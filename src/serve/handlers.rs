@@ -119,12 +119,12 @@ pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Repl
         .get("token")
         .map(|t| format!("?token={}", urlencode(t)))
         .unwrap_or_default();
-    let page = IndexPage {
-        trending: app.hub.trending().iter().map(TrendingView::from).collect(),
-        updates: app.hub.recent().iter().map(UpdateView::from).collect(),
-        last_id: app.hub.last_id(),
+    let page = IndexPage::new(
+        app.hub.trending().iter().map(TrendingView::from).collect(),
+        app.hub.recent().iter().map(UpdateView::from).collect(),
+        app.hub.last_id(),
         token_query,
-    };
+    );
     let html = page.render().map_err(|error| {
         tracing::error!(%error, "cannot render the page");
         ApiError::reject(StatusCode::INTERNAL_SERVER_ERROR, "cannot render the page")

@@ -4,7 +4,7 @@
 use askama::Template;
 
 use super::models::{TrendingItem, Update};
-use crate::event::Measure;
+use crate::event::{EventType, Measure};
 
 /// `static/app.js`.
 pub const APP_JS: &str = include_str!("../../static/app.js");
@@ -21,9 +21,48 @@ pub struct IndexPage {
     pub updates: Vec<UpdateView>,
     pub last_id: i64,
     pub token_query: String,
+    /// Event type → the word the page shows, as JSON for the script.
+    pub type_labels: String,
+    /// The empty rows the script fills for live updates.
+    pub blank_update: UpdateView,
+    pub blank_trending: TrendingView,
+}
+
+impl IndexPage {
+    /// The page with these rows.
+    pub fn new(
+        trending: Vec<TrendingView>,
+        updates: Vec<UpdateView>,
+        last_id: i64,
+        token_query: String,
+    ) -> Self {
+        let labels: serde_json::Map<String, serde_json::Value> = EventType::ALL
+            .into_iter()
+            .map(|t| (t.as_str().to_owned(), type_label(t).into()))
+            .collect();
+        Self {
+            trending,
+            updates,
+            last_id,
+            token_query,
+            type_labels: serde_json::Value::Object(labels).to_string(),
+            blank_update: UpdateView::default(),
+            blank_trending: TrendingView::default(),
+        }
+    }
+}
+
+/// The word the page shows for an event type.
+pub fn type_label(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::ScoreUpdate => "Score",
+        EventType::MemberUpdate => "Members",
+        EventType::TrendingChange => "Trending",
+    }
 }
 
 /// One trending place, formatted.
+#[derive(Default)]
 pub struct TrendingView {
     pub rank: i32,
     pub mal_id: i32,
@@ -31,11 +70,14 @@ pub struct TrendingView {
     pub score_text: String,
     pub members_text: String,
     pub momentum_text: String,
-    pub movement: i32,
-    pub is_new: bool,
+    /// `up`, `down`, `same` or `new`: the arrow is drawn by the stylesheet.
+    pub movement_class: &'static str,
+    pub movement_text: String,
+    pub movement_label: String,
 }
 
 /// One update, formatted.
+#[derive(Default)]
 pub struct UpdateView {
     pub id: i64,
     pub mal_id: i32,
@@ -63,6 +105,12 @@ pub fn with_separators(n: i64) -> String {
 
 impl From<&TrendingItem> for TrendingView {
     fn from(t: &TrendingItem) -> Self {
+        let (movement_class, movement_text, movement_label) = match t.previous_rank.map(|p| p - t.rank) {
+            None => ("new", "NEW".to_owned(), "New entry".to_owned()),
+            Some(0) => ("same", "–".to_owned(), "No change".to_owned()),
+            Some(up) if up > 0 => ("up", up.to_string(), format!("Up {up}")),
+            Some(down) => ("down", down.abs().to_string(), format!("Down {}", down.abs())),
+        };
         Self {
             rank: t.rank,
             mal_id: t.mal_id,
@@ -70,8 +118,9 @@ impl From<&TrendingItem> for TrendingView {
             score_text: t.score.map_or_else(|| "–".into(), |s| format!("{s:.2}")),
             members_text: t.members.map_or_else(|| "–".into(), with_separators),
             momentum_text: format!("{:.1}", t.momentum),
-            movement: t.previous_rank.map_or(0, |p| p - t.rank),
-            is_new: t.previous_rank.is_none(),
+            movement_class,
+            movement_text,
+            movement_label,
         }
     }
 }
@@ -79,10 +128,10 @@ impl From<&TrendingItem> for TrendingView {
 impl From<&Update> for UpdateView {
     fn from(u: &Update) -> Self {
         let e = &u.event;
-        let (label, value) = match e.measure {
-            Measure::Score(s) => ("Score", s.to_string()),
-            Measure::Members(m) => ("Members", with_separators(m)),
-            Measure::Rank(r) => ("Trending", format!("#{r}")),
+        let value = match e.measure {
+            Measure::Score(s) => s.to_string(),
+            Measure::Members(m) => with_separators(m),
+            Measure::Rank(r) => format!("#{r}"),
         };
         let change = &e.popularity_change;
         let direction = if change.starts_with('-') {
@@ -97,7 +146,7 @@ impl From<&Update> for UpdateView {
             mal_id: e.mal_id,
             title: e.title.clone(),
             event_type: e.event_type().as_str().to_owned(),
-            type_label: label.to_owned(),
+            type_label: type_label(e.event_type()).to_owned(),
             value_text: value,
             change: change.clone(),
             direction: direction.to_owned(),
@@ -120,9 +169,9 @@ mod tests {
 
     #[test]
     fn page_escapes_titles() {
-        let page = IndexPage {
-            trending: vec![],
-            updates: vec![UpdateView::from(&Update {
+        let page = IndexPage::new(
+            vec![],
+            vec![UpdateView::from(&Update {
                 id: 1,
                 event: crate::event::Event {
                     mal_id: 1,
@@ -132,9 +181,9 @@ mod tests {
                     timestamp: chrono::Utc::now(),
                 },
             })],
-            last_id: 1,
-            token_query: String::new(),
-        };
+            1,
+            String::new(),
+        );
         let html = page.render().unwrap();
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"));

@@ -167,7 +167,12 @@ impl Stack {
                     .text()
                     .await
                     .unwrap_or_default();
-                page.matches(r#"<li class="update "#).count() >= n.min(50)
+                // Rows of the feed itself, not of the page's empty <template>.
+                let feed = page
+                    .split_once(r#"id="feed""#)
+                    .and_then(|(_, rest)| rest.split_once("</ol>"))
+                    .map_or("", |(feed, _)| feed);
+                feed.matches(r#"<li class="update "#).count() >= n.min(50)
             },
         )
         .await;
