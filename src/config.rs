@@ -308,6 +308,12 @@ pub struct ServerOptions {
           value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
     pub broadcast_interval_ms: u64,
 
+    /// Most WebSocket clients one server holds; one more gets 503 while
+    /// those connected carry on.
+    #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// When set, the page, /api/* and /ws require this token (header
     /// `Authorization: Bearer <token>` or query `?token=<token>`); /healthz,
     /// /readyz and /metrics stay open [default: no token].

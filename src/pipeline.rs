@@ -297,6 +297,7 @@ async fn serve_stage(
             broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
         },
         access: Access::new(options.api_token.clone(), options.allowed_origins.as_deref()),
+        max_connections: options.max_connections as usize,
     };
     serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
     Ok(())

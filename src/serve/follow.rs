@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use rskafka::client::Client;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use warp::ws::Message;
 
 use super::hub::{Broadcast, Hub};
 use super::models::{AnimeDetail, NewLogSeen, ServerMessage, Stats, Update};

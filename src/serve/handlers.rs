@@ -10,10 +10,14 @@ use askama::Template;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+
 use super::App;
 use super::error::ApiError;
 use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
 use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, TrendingView, UpdateView};
+use super::server::{self, Upgrade};
 use crate::store::{StoreError, history};
 
 fn unavailable(error: StoreError) -> Rejection {
@@ -87,6 +91,49 @@ pub async fn anime(mal_id: String, app: App) -> Result<impl Reply, Rejection> {
 /// `GET /api/live/stats`.
 pub async fn stats(app: App) -> Result<impl Reply, Infallible> {
     Ok(warp::reply::json(&app.hub.stats()))
+}
+
+/// Largest WebSocket frame the server reads at all; frames above the
+/// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
+const WS_MAX_FRAME: usize = 1024 * 1024;
+
+/// `GET /ws`: takes the client in, within the connection budget (a JSON 503
+/// over it), and hands the socket to [`super::ws::run`].
+pub async fn websocket(
+    key: String,
+    upgrade: Upgrade,
+    app: App,
+    shutdown: CancellationToken,
+) -> Result<warp::reply::Response, Rejection> {
+    let Some(connection) = app.hub.try_connect(app.max_connections) else {
+        let reply = warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({
+                "error": format!(
+                    "this server holds its most WebSocket clients ({}, MAX_CONNECTIONS); try again shortly",
+                    app.max_connections
+                )
+            })),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+        return Ok(warp::reply::with_header(reply, "retry-after", "5").into_response());
+    };
+    let Some(on_upgrade) = upgrade.take() else {
+        return Err(ApiError::bad_request("this connection cannot be upgraded"));
+    };
+    let App {
+        hub, pool, sockets, ..
+    } = app;
+    server::spawn_socket(
+        &sockets,
+        on_upgrade,
+        server::socket_config(WS_MAX_FRAME),
+        move |socket| super::ws::run(socket, connection, hub, pool, shutdown),
+    );
+    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
+    let reply = warp::reply::with_header(reply, "upgrade", "websocket");
+    let reply = warp::reply::with_header(reply, "connection", "Upgrade");
+    let accept = derive_accept_key(key.as_bytes());
+    Ok(warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response())
 }
 
 /// `GET /healthz`: the process answers.

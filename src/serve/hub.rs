@@ -9,11 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use metrics::Counter;
 use tokio::sync::broadcast;
-use warp::ws::Message;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::models::{ServerMessage, Stats, TrendingItem, Update};
 
@@ -43,6 +44,30 @@ struct Shared {
     stats: Stats,
 }
 
+/// Counters the connections add to, looked up once (a lookup per message
+/// would cost more than the message).
+pub struct Counters {
+    pub sent: Counter,
+    pub dropped: Counter,
+    pub coalesced: Counter,
+    pub resyncs: Counter,
+    pub updates: Counter,
+    pub refused: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            sent: metrics::counter!("catlog_ws_messages_sent_total"),
+            dropped: metrics::counter!("catlog_ws_messages_dropped_total"),
+            coalesced: metrics::counter!("catlog_ws_messages_coalesced_total"),
+            resyncs: metrics::counter!("catlog_ws_resyncs_total"),
+            updates: metrics::counter!("catlog_ws_updates_broadcast_total"),
+            refused: metrics::counter!("catlog_ws_connections_refused_total"),
+        }
+    }
+}
+
 /// State shared by the follower, the connections and the REST handlers.
 pub struct Hub {
     tx: broadcast::Sender<Broadcast>,
@@ -50,6 +75,7 @@ pub struct Hub {
     rooms: Mutex<HashMap<i32, usize>>,
     connections: AtomicUsize,
     started: Instant,
+    pub counters: Counters,
 }
 
 impl Default for Hub {
@@ -68,6 +94,7 @@ impl Hub {
             rooms: Mutex::default(),
             connections: AtomicUsize::new(0),
             started: Instant::now(),
+            counters: Counters::new(),
         }
     }
 
@@ -104,7 +131,7 @@ impl Hub {
             shared.recent.push_front(update);
             shared.recent.truncate(RECENT);
         }
-        metrics::counter!("catlog_ws_updates_broadcast_total").increment(1);
+        self.counters.updates.increment(1);
         self.send(Broadcast::Update { id, message });
     }
 
@@ -196,11 +223,26 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts a connection for as long as the guard lives.
-    pub fn connect(&self) -> ConnectionGuard<'_> {
-        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("catlog_ws_clients").set(now as f64);
-        ConnectionGuard { hub: self }
+    /// Counts a new connection for as long as the returned value lives,
+    /// unless `max` are open already (then `None`, and it is counted as refused).
+    pub fn try_connect(self: &Arc<Self>, max: usize) -> Option<Connection> {
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(before) => {
+                metrics::gauge!("catlog_ws_clients").set((before + 1) as f64);
+                Some(Connection {
+                    hub: Arc::clone(self),
+                })
+            }
+            Err(_) => {
+                self.counters.refused.increment(1);
+                None
+            }
+        }
     }
 
     /// Open connections.
@@ -209,14 +251,14 @@ impl Hub {
     }
 }
 
-/// Keeps a connection counted.
-pub struct ConnectionGuard<'a> {
-    hub: &'a Hub,
+/// One counted connection; dropping it frees its place.
+pub struct Connection {
+    hub: Arc<Hub>,
 }
 
-impl Drop for ConnectionGuard<'_> {
+impl Drop for Connection {
     fn drop(&mut self) {
-        let now = self.hub.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        let now = self.hub.connections.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!("catlog_ws_clients").set(now as f64);
     }
 }

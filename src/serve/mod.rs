@@ -1,6 +1,7 @@
 //! `serve`: the live page, the WebSocket feed, the REST API, health and
 //! metrics, fed from PostgreSQL.
 //!
+//! * [`server`] accepts connections and finishes WebSocket upgrades.
 //! * [`follow`] reads new history rows (LISTEN/NOTIFY + poll) into the [`hub`].
 //! * [`hub`] holds what every connection shares and broadcasts, serialised once.
 //! * [`ws`] runs one WebSocket connection.
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod models;
 pub mod page;
 pub mod routes;
+pub mod server;
 pub mod trending;
 pub mod ws;
 
@@ -29,7 +31,7 @@ use deadpool_postgres::Pool;
 use rskafka::client::Client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 pub use access::Access;
 pub use follow::FollowSettings;
@@ -44,6 +46,10 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub pool: Pool,
     pub access: Arc<Access>,
+    /// The WebSocket connections, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+    /// Most WebSocket clients at once.
+    pub max_connections: usize,
 }
 
 /// How a server runs.
@@ -51,7 +57,13 @@ pub struct App {
 pub struct ServeSettings {
     pub follow: FollowSettings,
     pub access: Access,
+    /// Most WebSocket clients at once (`MAX_CONNECTIONS`).
+    pub max_connections: usize,
 }
+
+/// File descriptors kept for everything but WebSockets (database, broker,
+/// HTTP requests).
+const SPARE_FDS: u64 = 256;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -70,21 +82,44 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     crate::metrics::handle();
+    connection_budget(settings.max_connections);
     let hub = Arc::new(Hub::new());
     let follower = follow::Follower::start(settings.follow, pool.clone(), kafka, Arc::clone(&hub)).await?;
     let following = AbortOnDropHandle::new(tokio::spawn(follower.run(db, shutdown.clone())));
+    let sockets = TaskTracker::new();
     let app = App {
         hub,
         pool,
         access: Arc::new(settings.access),
+        sockets: sockets.clone(),
+        max_connections: settings.max_connections,
     };
-    let stop = shutdown.clone();
-    warp::serve(routes::routes(app, shutdown))
-        .incoming(listener)
-        .graceful(async move { stop.cancelled().await })
-        .run()
-        .await;
+    let routes = routes::routes(app, shutdown.clone());
+    server::run(listener, routes, sockets, shutdown).await;
     let _ = following.await;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Raises the open-file limit to the hard limit and says how many sockets
+/// this process can hold, against the configured cap.
+fn connection_budget(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let sockets = limit.saturating_sub(SPARE_FDS);
+            tracing::info!(
+                open_files = limit,
+                max_connections,
+                "can hold about {sockets} WebSocket clients; taking at most {max_connections} (MAX_CONNECTIONS)"
+            );
+            if (max_connections as u64) > sockets {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "MAX_CONNECTIONS is above what the open-file limit allows; raise the hard limit (ulimit -Hn) or lower MAX_CONNECTIONS"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
 }

@@ -11,11 +11,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::error::{self, ApiError};
+use super::server::Upgrade;
 use super::{App, access, handlers};
-
-/// Largest WebSocket frame the server reads at all; frames above the
-/// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
-const WS_MAX_FRAME: usize = 1024 * 1024;
 
 /// Longest request target (path and query) served; longer gets 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -52,6 +49,36 @@ fn within_limits() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone
             }
             Ok(())
         })
+        .untuple_one()
+}
+
+/// A WebSocket handshake: its key and the connection's upgrade; a JSON 400
+/// for anything else at a WebSocket route.
+fn upgrade_request() -> impl Filter<Extract = (String, Upgrade), Error = warp::Rejection> + Clone {
+    let header = |name: &'static str| warp::header::optional::<String>(name);
+    header("upgrade")
+        .and(header("connection"))
+        .and(header("sec-websocket-version"))
+        .and(header("sec-websocket-key"))
+        .and(warp::ext::optional::<Upgrade>())
+        .and_then(
+            |upgrade: Option<String>,
+             connection: Option<String>,
+             version: Option<String>,
+             key: Option<String>,
+             slot: Option<Upgrade>| async move {
+                let is_websocket = upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+                    && connection.is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
+                    && version.as_deref() == Some("13");
+                match (is_websocket, key, slot) {
+                    (true, Some(key), Some(slot)) => Ok((key, slot)),
+                    _ => Err(ApiError::reject(
+                        warp::http::StatusCode::BAD_REQUEST,
+                        "this is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket, version 13)",
+                    )),
+                }
+            },
+        )
         .untuple_one()
 }
 
@@ -126,15 +153,13 @@ pub fn routes(
         .and_then(|| handlers::asset("favicon.svg".to_owned()));
     let ws = warp::path("ws")
         .and(warp::path::end())
+        .and(get())
         .and(auth)
         .and(access::origin_checked(Arc::clone(&app.access)))
-        .and(warp::ws())
+        .and(upgrade_request())
         .and(with_app(app))
-        .map(move |ws: warp::ws::Ws, app: App| {
-            let shutdown = shutdown.clone();
-            ws.max_message_size(WS_MAX_FRAME)
-                .max_frame_size(WS_MAX_FRAME)
-                .on_upgrade(move |socket| super::ws::run(socket, app.hub, app.pool, shutdown))
+        .and_then(move |key: String, upgrade: Upgrade, app: App| {
+            handlers::websocket(key, upgrade, app, shutdown.clone())
         });
 
     within_limits()

@@ -1,21 +1,33 @@
 //! One WebSocket connection: a snapshot first, then every broadcast, rooms,
-//! resume, heartbeats. The socket is split into a sink written by this task
-//! and a stream read in the same loop; broadcasts come through the hub's
-//! bounded channel, so this client falling behind costs nobody else anything.
+//! resume, heartbeats. Broadcasts come through the hub's bounded channel, so
+//! this client falling behind costs nobody else anything.
+//!
+//! Cheap at ten thousand connections: what is ready is written as one
+//! burst with one flush; a flush that completes at once (the usual case)
+//! arms no timer, and only one that has to wait races a deadline (a client
+//! that stops reading is dropped); sends are counted here and published to
+//! the metrics now and then; a large message (a snapshot, an anime's
+//! history) is written past the socket's small buffer so that buffer never
+//! grows to hold it.
 
 use std::collections::HashSet;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_util::sync::CancellationToken;
-use warp::ws::{Message, WebSocket};
 
-use super::hub::{Broadcast, Hub};
-use super::models::{AnimeDetail, Update};
-use super::models::{ClientMessage, ServerMessage};
+use super::hub::{Broadcast, Connection, Hub};
+use super::models::{AnimeDetail, ClientMessage, ServerMessage, Update};
+use super::server::Socket;
 use crate::store::history;
 
 /// Largest client message accepted, in bytes (larger ones get an `error`).
@@ -26,84 +38,156 @@ pub const MAX_RESUME: i64 = 1000;
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A peer silent for this long (no pong, no message) is dead.
 const DEAD_AFTER: Duration = Duration::from_secs(45);
-/// A send that takes longer means the client stopped reading.
+/// A write that takes longer means the client stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rooms one connection may follow.
 const MAX_ROOMS: usize = 32;
-
-type Sink = futures::stream::SplitSink<WebSocket, Message>;
+/// Most messages written in one burst before a flush.
+const MAX_BURST: usize = 64;
+/// Messages larger than this bypass the socket's write buffer.
+const LARGE: usize = 2 * 1024;
+/// Sends counted locally before they are published to the metrics.
+const PUBLISH_EVERY: u64 = 256;
 
 struct Peer {
-    sink: Sink,
+    socket: Socket,
     hub: Arc<Hub>,
     pool: Pool,
     rooms: HashSet<i32>,
     /// Highest update id sent; older broadcasts are skipped.
     last_sent: i64,
+    /// Messages waiting for the next burst.
+    out: Vec<Message>,
+    /// Messages written and not yet counted in the metrics.
+    unpublished: u64,
 }
 
 /// Why a connection ends.
 struct Closed;
 
 impl Peer {
-    async fn send(&mut self, message: Message) -> Result<(), Closed> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(message)).await {
-            Ok(Ok(())) => {
-                metrics::counter!("catlog_ws_messages_sent_total").increment(1);
+    /// Queues `message` for the next burst.
+    fn send(&mut self, message: Message) {
+        self.out.push(message);
+    }
+
+    fn send_json(&mut self, message: ServerMessage) {
+        self.send(Message::text(message.to_json()));
+    }
+
+    /// Queues the snapshot; later updates up to its id are skipped.
+    fn snapshot(&mut self) {
+        let (last_id, message) = self.hub.snapshot();
+        self.last_sent = last_id;
+        self.send(message);
+    }
+
+    /// Queues what a broadcast means for this client.
+    fn on_broadcast(&mut self, broadcast: Broadcast) {
+        match broadcast {
+            Broadcast::Update { id, message } if id > self.last_sent => {
+                self.last_sent = id;
+                self.send(message);
+            }
+            Broadcast::Update { .. } => {}
+            Broadcast::Anime { mal_id, message } if self.rooms.contains(&mal_id) => self.send(message),
+            Broadcast::Anime { .. } => {}
+            Broadcast::Trending(message) | Broadcast::Stats(message) => self.send(message),
+        }
+    }
+
+    /// A client too slow for the broadcasts: the latest state instead of the
+    /// backlog it missed.
+    fn coalesce(&mut self, missed: u64) {
+        self.hub.counters.coalesced.increment(missed);
+        self.out.clear();
+        self.resync(&format!("fell {missed} messages behind"));
+    }
+
+    /// Writes the queued messages and flushes once; a client that does not
+    /// take them within [`SEND_TIMEOUT`] is closed.
+    async fn write_out(&mut self) -> Result<(), Closed> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let messages = std::mem::take(&mut self.out);
+        let count = messages.len() as u64;
+        let socket = &mut self.socket;
+        let burst = async move {
+            for message in messages {
+                if message.len() > LARGE {
+                    // Through the socket itself: its own buffer stays small.
+                    socket.flush().await?;
+                    let Message::Text(text) = message else {
+                        socket.feed(message).await?;
+                        continue;
+                    };
+                    let mut frame = Vec::with_capacity(text.len() + 10);
+                    Frame::message(text, OpCode::Data(Data::Text), true)
+                        .format(&mut frame)
+                        .map_err(std::io::Error::other)?;
+                    let raw = socket.get_mut();
+                    raw.write_all(&frame).await?;
+                    raw.flush().await?;
+                } else {
+                    socket.feed(message).await?;
+                }
+            }
+            socket.flush().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        let done = {
+            let mut burst = pin!(burst);
+            // Most bursts complete at once; only one that waits gets a deadline.
+            match futures::poll!(burst.as_mut()) {
+                Poll::Ready(done) => Some(done),
+                Poll::Pending => tokio::time::timeout(SEND_TIMEOUT, burst).await.ok(),
+            }
+        };
+        match done {
+            Some(Ok(())) => {
+                self.unpublished += count;
+                if self.unpublished >= PUBLISH_EVERY {
+                    self.publish_counts();
+                }
                 Ok(())
             }
-            Ok(Err(_)) => Err(Closed),
-            Err(_) => {
+            Some(Err(_)) => Err(Closed),
+            None => {
                 tracing::info!("client stopped reading; closing its connection");
-                metrics::counter!("catlog_ws_messages_dropped_total").increment(1);
+                self.hub.counters.dropped.increment(1);
                 Err(Closed)
             }
         }
     }
 
-    async fn send_json(&mut self, message: ServerMessage) -> Result<(), Closed> {
-        self.send(Message::text(message.to_json())).await
+    fn publish_counts(&mut self) {
+        self.hub
+            .counters
+            .sent
+            .increment(std::mem::take(&mut self.unpublished));
     }
 
-    async fn snapshot(&mut self) -> Result<(), Closed> {
-        let (last_id, message) = self.hub.snapshot();
-        self.last_sent = last_id;
-        self.send(message).await
-    }
-
-    async fn on_broadcast(&mut self, broadcast: Broadcast) -> Result<(), Closed> {
-        match broadcast {
-            Broadcast::Update { id, message } if id > self.last_sent => {
-                self.last_sent = id;
-                self.send(message).await
-            }
-            Broadcast::Update { .. } => Ok(()),
-            Broadcast::Anime { mal_id, message } if self.rooms.contains(&mal_id) => self.send(message).await,
-            Broadcast::Anime { .. } => Ok(()),
-            Broadcast::Trending(message) | Broadcast::Stats(message) => self.send(message).await,
-        }
-    }
-
+    /// Answers one frame from the client (into the outgoing queue).
     async fn on_frame(&mut self, frame: Message) -> Result<(), Closed> {
-        if frame.is_close() {
-            return Err(Closed);
-        }
-        if frame.is_ping() || frame.is_pong() {
-            return Ok(());
-        }
-        let Ok(text) = frame.to_str() else {
-            return self
-                .send_json(ServerMessage::error(
+        let text = match &frame {
+            Message::Close(_) => return Err(Closed),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+            Message::Binary(_) => {
+                self.send_json(ServerMessage::error(
                     "binary messages are not supported; send JSON text",
-                ))
-                .await;
+                ));
+                return Ok(());
+            }
+            Message::Text(text) => text.as_str(),
         };
         if text.len() > MAX_CLIENT_MESSAGE {
             let error = format!(
                 "message of {} bytes is over the {MAX_CLIENT_MESSAGE}-byte limit",
                 text.len()
             );
-            return self.send_json(ServerMessage::error(error)).await;
+            self.send_json(ServerMessage::error(error));
+            return Ok(());
         }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Subscribe { mal_id }) => self.subscribe(mal_id).await,
@@ -120,23 +204,22 @@ impl Peer {
                 let error = format!(
                     "cannot read that message ({e}); expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"malId\":N}} or {{\"type\":\"resume\",\"lastId\":N}}"
                 );
-                self.send_json(ServerMessage::error(error)).await
+                self.send_json(ServerMessage::error(error));
+                Ok(())
             }
         }
     }
 
     async fn subscribe(&mut self, mal_id: i64) -> Result<(), Closed> {
         let Some(id) = i32::try_from(mal_id).ok().filter(|id| *id >= 1) else {
-            return self
-                .send_json(ServerMessage::error("malId must be a whole number ≥ 1"))
-                .await;
+            self.send_json(ServerMessage::error("malId must be a whole number ≥ 1"));
+            return Ok(());
         };
         if !self.rooms.contains(&id) && self.rooms.len() >= MAX_ROOMS {
-            return self
-                .send_json(ServerMessage::error(format!(
-                    "at most {MAX_ROOMS} rooms per connection"
-                )))
-                .await;
+            self.send_json(ServerMessage::error(format!(
+                "at most {MAX_ROOMS} rooms per connection"
+            )));
+            return Ok(());
         }
         match history::anime(&self.pool, id).await {
             Ok(Some((current, history))) => {
@@ -148,101 +231,128 @@ impl Peer {
                     current,
                     history,
                 };
-                self.send_json(ServerMessage::Anime(detail)).await
+                self.send_json(ServerMessage::Anime(detail));
             }
             Ok(None) => {
                 self.send_json(ServerMessage::error(format!(
                     "no anime with malId {id} has been seen"
-                )))
-                .await
+                )));
             }
             Err(error) => {
                 tracing::warn!(%error, mal_id = id, "cannot read anime for a subscription");
-                self.send_json(ServerMessage::error("the database is unavailable; try again"))
-                    .await
+                self.send_json(ServerMessage::error("the database is unavailable; try again"));
             }
         }
+        Ok(())
     }
 
-    /// Replays every update after `last_id`, or answers `resync` and a fresh snapshot.
+    /// Replays every update after `last_id` (into the outgoing queue), or
+    /// answers `resync` and a fresh snapshot.
     async fn resume(&mut self, last_id: i64) -> Result<(), Closed> {
         let newest = self.hub.last_id();
         if last_id > newest || last_id < 0 {
-            return self.resync("that id is not one this server has handed out").await;
+            self.resync("that id is not one this server has handed out");
+            return Ok(());
         }
         if newest - last_id > MAX_RESUME {
-            return self
-                .resync(&format!("more than {MAX_RESUME} updates were missed"))
-                .await;
+            self.resync(&format!("more than {MAX_RESUME} updates were missed"));
+            return Ok(());
         }
         match history::rows_after(&self.pool, last_id, MAX_RESUME + 1).await {
             Ok(rows) if rows.len() as i64 > MAX_RESUME => {
-                self.resync(&format!("more than {MAX_RESUME} updates were missed"))
-                    .await
+                self.resync(&format!("more than {MAX_RESUME} updates were missed"));
             }
             Ok(rows) => {
                 for row in rows {
                     self.last_sent = self.last_sent.max(row.id);
-                    self.send_json(ServerMessage::Update(Update::from(row))).await?;
+                    self.send_json(ServerMessage::Update(Update::from(row)));
+                    if self.out.len() >= MAX_BURST {
+                        self.write_out().await?;
+                    }
                 }
-                Ok(())
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read history for a resume");
-                self.resync("the history is unavailable right now").await
+                self.resync("the history is unavailable right now");
             }
         }
+        Ok(())
     }
 
-    async fn resync(&mut self, reason: &str) -> Result<(), Closed> {
-        metrics::counter!("catlog_ws_resyncs_total").increment(1);
+    /// `resync`, then a fresh snapshot (into the outgoing queue).
+    fn resync(&mut self, reason: &str) {
+        self.hub.counters.resyncs.increment(1);
         self.send_json(ServerMessage::Resync {
             reason: reason.to_owned(),
-        })
-        .await?;
-        self.snapshot().await
+        });
+        self.snapshot();
     }
 }
 
-/// Serves one connection until the client leaves, dies, or `shutdown`.
-pub async fn run(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: CancellationToken) {
-    let guard_hub = Arc::clone(&hub);
-    let _counted = guard_hub.connect();
-    let (sink, mut stream) = socket.split();
+/// Serves one connection (counted by `connection`) until the client leaves,
+/// dies, or `shutdown`.
+pub async fn run(
+    socket: Socket,
+    connection: Connection,
+    hub: Arc<Hub>,
+    pool: Pool,
+    shutdown: CancellationToken,
+) {
     // Subscribe before the snapshot, so nothing falls between the two.
     let mut broadcasts = hub.subscribe();
     let mut peer = Peer {
-        sink,
+        socket,
         hub,
         pool,
         rooms: HashSet::new(),
         last_sent: 0,
+        out: Vec::new(),
+        unpublished: 0,
     };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut heard = Instant::now();
 
-    let mut result = peer.snapshot().await;
-    if result.is_ok() {
-        let stats = ServerMessage::Stats(peer.hub.stats());
-        result = peer.send_json(stats).await;
-    }
+    peer.snapshot();
+    let stats = ServerMessage::Stats(peer.hub.stats());
+    peer.send_json(stats);
+    let mut result = peer.write_out().await;
     while result.is_ok() {
         result = tokio::select! {
             _ = shutdown.cancelled() => Err(Closed),
             received = broadcasts.recv() => match received {
-                Ok(broadcast) => peer.on_broadcast(broadcast).await,
+                Ok(broadcast) => {
+                    peer.on_broadcast(broadcast);
+                    // Whatever else is ready goes in the same burst.
+                    let mut lagged = None;
+                    while peer.out.len() < MAX_BURST {
+                        match broadcasts.try_recv() {
+                            Ok(broadcast) => peer.on_broadcast(broadcast),
+                            Err(TryRecvError::Lagged(missed)) => {
+                                lagged = Some(missed);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(missed) = lagged {
+                        peer.coalesce(missed);
+                    }
+                    peer.write_out().await
+                }
                 Err(RecvError::Lagged(missed)) => {
-                    // Latest state instead of a backlog.
-                    metrics::counter!("catlog_ws_messages_coalesced_total").increment(missed);
-                    peer.resync(&format!("fell {missed} messages behind")).await
+                    peer.coalesce(missed);
+                    peer.write_out().await
                 }
                 Err(RecvError::Closed) => Err(Closed),
             },
-            frame = stream.next() => match frame {
+            frame = peer.socket.next() => match frame {
                 Some(Ok(frame)) => {
                     heard = Instant::now();
-                    peer.on_frame(frame).await
+                    match peer.on_frame(frame).await {
+                        Ok(()) => peer.write_out().await,
+                        Err(closed) => Err(closed),
+                    }
                 }
                 _ => Err(Closed),
             },
@@ -251,13 +361,17 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, pool: Pool, shutdown: Cancell
                     tracing::info!("client silent for {}s; closing", DEAD_AFTER.as_secs());
                     Err(Closed)
                 } else {
-                    peer.send(Message::ping(Vec::new())).await
+                    peer.publish_counts();
+                    peer.send(Message::Ping(Default::default()));
+                    peer.write_out().await
                 }
             }
         };
     }
+    peer.publish_counts();
     for mal_id in peer.rooms.drain() {
         peer.hub.leave_room(mal_id);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), peer.sink.send(Message::close())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(None)).await;
+    drop(connection);
 }
