@@ -259,7 +259,7 @@ pub struct ConsumerOptions {
     /// Longest the broker may hold a fetch open while no record is there,
     /// in milliseconds (a broker that holds every fetch this long adds up to
     /// this much delay to each event).
-    #[arg(long = "fetch-wait-ms", env = "CONSUMER_FETCH_WAIT_MS", default_value_t = 20, value_name = "MS",
+    #[arg(long = "fetch-wait-ms", env = "CONSUMER_FETCH_WAIT_MS", default_value_t = 10, value_name = "MS",
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub fetch_wait_ms: i32,
 

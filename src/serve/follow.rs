@@ -11,9 +11,11 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use rskafka::client::Client;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use super::frame::Frame;
 use super::hub::{Broadcast, Hub};
 use super::models::{AnimeDetail, NewLogSeen, ServerMessage, Stats, Update};
 use super::trending::{HALF_LIFE, Momentum};
@@ -21,7 +23,6 @@ use crate::db::Database;
 use crate::kafka;
 use crate::retry::Backoff;
 use crate::store::{self, Lag, LagError, LogEnds, NOTIFY_CHANNEL, PartitionLag, StoreError, history};
-use tokio_util::task::AbortOnDropHandle;
 
 /// Rows read per query while catching up.
 const PAGE: i64 = 1000;
@@ -29,6 +30,9 @@ const PAGE: i64 = 1000;
 const POLL_EVERY: Duration = Duration::from_secs(2);
 /// How often figures (stats, lag) are refreshed and broadcast.
 pub const STATS_EVERY: Duration = Duration::from_secs(5);
+/// A changed ranking is announced at most this often (the changes of one
+/// second go out together).
+const TRENDING_GAP: Duration = Duration::from_secs(1);
 
 /// What the follower needs to know.
 #[derive(Debug, Clone)]
@@ -49,6 +53,10 @@ pub struct Follower {
     /// Rows committed per second (unix seconds), for "events in the last minute".
     per_second: VecDeque<(i64, u64)>,
     log_ends: LogEnds,
+    /// The ranking changed since it was last announced.
+    ranking_changed: bool,
+    /// When the ranking was last announced.
+    announced_at: Instant,
 }
 
 impl Follower {
@@ -73,7 +81,7 @@ impl Follower {
         let latest = history::latest(&pool, super::hub::RECENT as i64, None, None).await?;
         hub.prime(latest.into_iter().map(Update::from).collect(), last_id);
         let (items, _) = momentum.rank(now);
-        hub.set_trending(items, false);
+        let _ = hub.set_trending(items, false);
         let mut follower = Self {
             settings,
             pool,
@@ -83,6 +91,8 @@ impl Follower {
             last_id,
             per_second: VecDeque::new(),
             log_ends: LogEnds::default(),
+            ranking_changed: false,
+            announced_at: Instant::now(),
         };
         for row in &recent {
             follower.count(row.ingested_at.timestamp());
@@ -96,6 +106,7 @@ impl Follower {
         let _listener = AbortOnDropHandle::new(tokio::spawn(listen(db, wake_tx, shutdown.clone())));
         let mut poll = tokio::time::interval(POLL_EVERY);
         let mut announce = tokio::time::interval(self.settings.broadcast_every);
+        let mut changes = tokio::time::interval(TRENDING_GAP);
         let mut stats = tokio::time::interval(STATS_EVERY);
         loop {
             tokio::select! {
@@ -103,17 +114,38 @@ impl Follower {
                 Some(()) = wake.recv() => self.catch_up().await,
                 _ = poll.tick() => self.catch_up().await,
                 _ = announce.tick() => {
-                    let (items, _) = self.momentum.rank(Utc::now());
-                    self.hub.set_trending(items, true);
+                    let trending = self.rank(Duration::ZERO, true);
+                    self.hub.send_all(trending.into_iter().collect());
+                }
+                // A change no catch-up has carried (while events flow, the
+                // next catch-up takes it in the same write as its updates).
+                _ = changes.tick() => {
+                    let trending = self.rank(TRENDING_GAP * 2, false);
+                    self.hub.send_all(trending.into_iter().collect());
                 }
                 _ = stats.tick() => self.refresh_stats().await,
             }
         }
     }
 
-    /// Reads every row after the last one seen and broadcasts it.
+    /// Ranks now; the broadcast of the ranking when `always`, or when it
+    /// changed and was not announced within `gap`.
+    fn rank(&mut self, gap: Duration, always: bool) -> Option<Broadcast> {
+        let (items, reordered) = self.momentum.rank(Utc::now());
+        self.ranking_changed |= reordered;
+        let announce = always || (self.ranking_changed && self.announced_at.elapsed() >= gap);
+        if announce {
+            self.ranking_changed = false;
+            self.announced_at = Instant::now();
+        }
+        self.hub.set_trending(items, announce)
+    }
+
+    /// Reads every row after the last one seen and broadcasts it, with the
+    /// ranking when it changed, as one batch.
     async fn catch_up(&mut self) {
         let mut changed = BTreeSet::new();
+        let mut batch = Vec::new();
         loop {
             let rows = match history::rows_after(&self.pool, self.last_id, PAGE).await {
                 Ok(rows) => rows,
@@ -128,17 +160,18 @@ impl Follower {
                 self.count(row.ingested_at.timestamp());
                 changed.insert(row.event.mal_id);
                 self.last_id = self.last_id.max(row.id);
-                self.hub.push_update(Update::from(row));
+                batch.push(self.hub.record_update(Update::from(row)));
             }
             if !full_page {
                 break;
             }
+            self.hub.send_all(std::mem::take(&mut batch));
         }
         if changed.is_empty() {
             return;
         }
-        let (items, reordered) = self.momentum.rank(Utc::now());
-        self.hub.set_trending(items, reordered);
+        batch.extend(self.rank(TRENDING_GAP, false));
+        self.hub.send_all(batch);
         for mal_id in changed.into_iter().filter(|id| self.hub.has_room(*id)) {
             match history::anime(&self.pool, mal_id).await {
                 Ok(Some((current, history))) => {
@@ -147,8 +180,8 @@ impl Follower {
                         current,
                         history,
                     };
-                    let message = Message::text(ServerMessage::Anime(detail).to_json());
-                    self.hub.send(Broadcast::Anime { mal_id, message });
+                    let frame = Frame::json(&ServerMessage::Anime(detail));
+                    self.hub.send(Broadcast::Anime { mal_id, frame });
                 }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(mal_id, %error, "cannot read anime for its room"),

@@ -1,6 +1,8 @@
 //! The hub: what every connection of this process shares. New rows come in
-//! through [`super::follow`]; each broadcast is serialised once into a
-//! [`Message`] whose clones share the same bytes.
+//! through [`super::follow`]; each broadcast is encoded once into a
+//! [`Frame`] whose clones share the same bytes, and what one catch-up
+//! brings goes out as one [`Broadcast::Batch`]: one wake-up and one write
+//! per client.
 //!
 //! Slow clients never slow the others: the broadcast channel is bounded
 //! ([`CHANNEL_CAPACITY`]), sending never waits, and a client that falls more
@@ -14,8 +16,8 @@ use std::time::Instant;
 
 use metrics::Counter;
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::Message;
 
+use super::frame::Frame;
 use super::models::{ServerMessage, Stats, TrendingItem, Update};
 
 /// Messages buffered per client before it counts as lagging.
@@ -23,17 +25,19 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 /// Updates kept in memory for snapshots and the page.
 pub const RECENT: usize = 50;
 
-/// One broadcast, serialised once.
+/// One broadcast, encoded once.
 #[derive(Debug, Clone)]
 pub enum Broadcast {
     /// A new history row.
-    Update { id: i64, message: Message },
+    Update { id: i64, frame: Frame },
     /// A new ranking or a periodic repeat.
-    Trending(Message),
+    Trending(Frame),
     /// Periodic figures.
-    Stats(Message),
+    Stats(Frame),
     /// One anime changed: for the clients following it.
-    Anime { mal_id: i32, message: Message },
+    Anime { mal_id: i32, frame: Frame },
+    /// Several at once, in order.
+    Batch(Arc<[Broadcast]>),
 }
 
 #[derive(Debug, Default)]
@@ -121,10 +125,19 @@ impl Hub {
         let _ = self.tx.send(broadcast);
     }
 
-    /// Records a new update and broadcasts it.
-    pub fn push_update(&self, update: Update) {
+    /// Sends `broadcasts` in order, as one batch when there are several.
+    pub fn send_all(&self, mut broadcasts: Vec<Broadcast>) {
+        match broadcasts.len() {
+            0 => {}
+            1 => self.send(broadcasts.remove(0)),
+            _ => self.send(Broadcast::Batch(broadcasts.into())),
+        }
+    }
+
+    /// Records a new update; the broadcast that announces it.
+    pub fn record_update(&self, update: Update) -> Broadcast {
         let id = update.id;
-        let message = Message::text(ServerMessage::Update(update.clone()).to_json());
+        let frame = Frame::json(&ServerMessage::Update(update.clone()));
         {
             let mut shared = self.write();
             shared.last_id = shared.last_id.max(id);
@@ -132,7 +145,7 @@ impl Hub {
             shared.recent.truncate(RECENT);
         }
         self.counters.updates.increment(1);
-        self.send(Broadcast::Update { id, message });
+        Broadcast::Update { id, frame }
     }
 
     /// Fills the recent updates (newest first) and the last id at start.
@@ -142,20 +155,19 @@ impl Hub {
         shared.last_id = last_id;
     }
 
-    /// Replaces the ranking; broadcasts it when `announce`.
-    pub fn set_trending(&self, items: Vec<TrendingItem>, announce: bool) {
-        if announce {
-            let message = Message::text(ServerMessage::Trending { items: items.clone() }.to_json());
-            self.send(Broadcast::Trending(message));
-        }
+    /// Replaces the ranking; the broadcast that announces it, when `announce`.
+    pub fn set_trending(&self, items: Vec<TrendingItem>, announce: bool) -> Option<Broadcast> {
+        let broadcast = announce
+            .then(|| Broadcast::Trending(Frame::json(&ServerMessage::Trending { items: items.clone() })));
         self.write().trending = items;
+        broadcast
     }
 
     /// Replaces the figures and broadcasts them.
     pub fn set_stats(&self, stats: Stats) {
-        let message = Message::text(ServerMessage::Stats(stats.clone()).to_json());
+        let frame = Frame::json(&ServerMessage::Stats(stats.clone()));
         self.write().stats = stats;
-        self.send(Broadcast::Stats(message));
+        self.send(Broadcast::Stats(frame));
     }
 
     /// The latest figures, with this process's live counts.
@@ -183,14 +195,14 @@ impl Hub {
     }
 
     /// The first message of every connection, and the id it covers up to.
-    pub fn snapshot(&self) -> (i64, Message) {
+    pub fn snapshot(&self) -> (i64, Frame) {
         let shared = self.read();
         let message = ServerMessage::Snapshot {
             last_id: shared.last_id,
             trending: shared.trending.clone(),
             updates: shared.recent.iter().cloned().map(ServerMessage::Update).collect(),
         };
-        (shared.last_id, Message::text(message.to_json()))
+        (shared.last_id, Frame::json(&message))
     }
 
     /// A client follows an anime.

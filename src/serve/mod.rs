@@ -16,6 +16,7 @@
 pub mod access;
 pub mod error;
 pub mod follow;
+pub mod frame;
 pub mod handlers;
 pub mod hub;
 pub mod models;

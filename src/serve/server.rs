@@ -39,9 +39,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight and sockets to close.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
-/// Bytes tungstenite reads at a time. Client messages are small (at most
-/// 4 KiB is served), and this buffer is allocated for every socket.
-const SOCKET_READ_BUFFER: usize = 2 * 1024;
+/// Bytes tungstenite reads at a time (its buffer grows for a larger frame).
+/// Client messages are small, this buffer is allocated for every socket, and
+/// tungstenite clears it on each read attempt.
+const SOCKET_READ_BUFFER: usize = 512;
 
 /// How every WebSocket is configured: small buffers, because ten thousand
 /// idle browsers should cost little; messages written as they come (the

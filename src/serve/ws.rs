@@ -2,15 +2,17 @@
 //! resume, heartbeats. Broadcasts come through the hub's bounded channel, so
 //! this client falling behind costs nobody else anything.
 //!
-//! Cheap at ten thousand connections: what is ready is written as one
-//! burst with one flush; a flush that completes at once (the usual case)
-//! arms no timer, and only one that has to wait races a deadline (a client
-//! that stops reading is dropped); sends are counted here and published to
-//! the metrics now and then; a large message (a snapshot, an anime's
-//! history) is written past the socket's small buffer so that buffer never
-//! grows to hold it.
+//! Cheap at ten thousand connections: frames come encoded once by the hub
+//! ([`Frame`]); what is ready is written as one burst, with one vectored
+//! write straight to the socket (tungstenite only reads, and answers the
+//! client's pings), so no per-connection buffer grows to hold a snapshot; a
+//! write that completes at once (the usual case) arms no timer, and only
+//! one that has to wait races a deadline (a client that stops reading is
+//! dropped); sends are counted here and published to the metrics now and
+//! then.
 
 use std::collections::HashSet;
+use std::io::IoSlice;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -18,13 +20,12 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_util::sync::CancellationToken;
 
+use super::frame::Frame;
 use super::hub::{Broadcast, Connection, Hub};
 use super::models::{AnimeDetail, ClientMessage, ServerMessage, Update};
 use super::server::Socket;
@@ -42,10 +43,8 @@ const DEAD_AFTER: Duration = Duration::from_secs(45);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rooms one connection may follow.
 const MAX_ROOMS: usize = 32;
-/// Most messages written in one burst before a flush.
+/// Most frames written in one burst.
 const MAX_BURST: usize = 64;
-/// Messages larger than this bypass the socket's write buffer.
-const LARGE: usize = 2 * 1024;
 /// Sends counted locally before they are published to the metrics.
 const PUBLISH_EVERY: u64 = 256;
 
@@ -56,43 +55,47 @@ struct Peer {
     rooms: HashSet<i32>,
     /// Highest update id sent; older broadcasts are skipped.
     last_sent: i64,
-    /// Messages waiting for the next burst.
-    out: Vec<Message>,
+    /// Frames waiting for the next burst.
+    out: Vec<Frame>,
     /// Messages written and not yet counted in the metrics.
     unpublished: u64,
+    /// The client pinged: tungstenite owes it a pong, which must be out
+    /// before a frame of ours starts.
+    owes_pong: bool,
 }
 
 /// Why a connection ends.
 struct Closed;
 
 impl Peer {
-    /// Queues `message` for the next burst.
-    fn send(&mut self, message: Message) {
-        self.out.push(message);
+    /// Queues `frame` for the next burst.
+    fn send(&mut self, frame: Frame) {
+        self.out.push(frame);
     }
 
     fn send_json(&mut self, message: ServerMessage) {
-        self.send(Message::text(message.to_json()));
+        self.send(Frame::json(&message));
     }
 
     /// Queues the snapshot; later updates up to its id are skipped.
     fn snapshot(&mut self) {
-        let (last_id, message) = self.hub.snapshot();
+        let (last_id, frame) = self.hub.snapshot();
         self.last_sent = last_id;
-        self.send(message);
+        self.send(frame);
     }
 
     /// Queues what a broadcast means for this client.
-    fn on_broadcast(&mut self, broadcast: Broadcast) {
+    fn on_broadcast(&mut self, broadcast: &Broadcast) {
         match broadcast {
-            Broadcast::Update { id, message } if id > self.last_sent => {
-                self.last_sent = id;
-                self.send(message);
+            Broadcast::Update { id, frame } if *id > self.last_sent => {
+                self.last_sent = *id;
+                self.send(frame.clone());
             }
             Broadcast::Update { .. } => {}
-            Broadcast::Anime { mal_id, message } if self.rooms.contains(&mal_id) => self.send(message),
+            Broadcast::Anime { mal_id, frame } if self.rooms.contains(mal_id) => self.send(frame.clone()),
             Broadcast::Anime { .. } => {}
-            Broadcast::Trending(message) | Broadcast::Stats(message) => self.send(message),
+            Broadcast::Trending(frame) | Broadcast::Stats(frame) => self.send(frame.clone()),
+            Broadcast::Batch(all) => all.iter().for_each(|b| self.on_broadcast(b)),
         }
     }
 
@@ -104,37 +107,22 @@ impl Peer {
         self.resync(&format!("fell {missed} messages behind"));
     }
 
-    /// Writes the queued messages and flushes once; a client that does not
-    /// take them within [`SEND_TIMEOUT`] is closed.
+    /// Writes the queued frames in one burst; a client that does not take
+    /// them within [`SEND_TIMEOUT`] is closed.
     async fn write_out(&mut self) -> Result<(), Closed> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let messages = std::mem::take(&mut self.out);
-        let count = messages.len() as u64;
+        let frames = std::mem::take(&mut self.out);
+        let count = frames.len() as u64;
         let socket = &mut self.socket;
+        let owes_pong = std::mem::take(&mut self.owes_pong);
         let burst = async move {
-            for message in messages {
-                if message.len() > LARGE {
-                    // Through the socket itself: its own buffer stays small.
-                    socket.flush().await?;
-                    let Message::Text(text) = message else {
-                        socket.feed(message).await?;
-                        continue;
-                    };
-                    let mut frame = Vec::with_capacity(text.len() + 10);
-                    Frame::message(text, OpCode::Data(Data::Text), true)
-                        .format(&mut frame)
-                        .map_err(std::io::Error::other)?;
-                    let raw = socket.get_mut();
-                    raw.write_all(&frame).await?;
-                    raw.flush().await?;
-                } else {
-                    socket.feed(message).await?;
-                }
+            if owes_pong {
+                // The pong tungstenite holds goes out whole first.
+                socket.flush().await.map_err(std::io::Error::other)?;
             }
-            socket.flush().await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            write_frames(socket.get_mut(), &frames).await
         };
         let done = {
             let mut burst = pin!(burst);
@@ -172,7 +160,11 @@ impl Peer {
     async fn on_frame(&mut self, frame: Message) -> Result<(), Closed> {
         let text = match &frame {
             Message::Close(_) => return Err(Closed),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+            Message::Ping(_) => {
+                self.owes_pong = true;
+                return Ok(());
+            }
+            Message::Pong(_) | Message::Frame(_) => return Ok(()),
             Message::Binary(_) => {
                 self.send_json(ServerMessage::error(
                     "binary messages are not supported; send JSON text",
@@ -308,6 +300,7 @@ pub async fn run(
         last_sent: 0,
         out: Vec::new(),
         unpublished: 0,
+        owes_pong: false,
     };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -317,17 +310,21 @@ pub async fn run(
     let stats = ServerMessage::Stats(peer.hub.stats());
     peer.send_json(stats);
     let mut result = peer.write_out().await;
+    // Registered once: a fresh wait per loop would take the token's lock.
+    let mut stopped = pin!(shutdown.cancelled());
     while result.is_ok() {
         result = tokio::select! {
-            _ = shutdown.cancelled() => Err(Closed),
+            // In this order, without drawing a random one each time.
+            biased;
+            _ = &mut stopped => Err(Closed),
             received = broadcasts.recv() => match received {
                 Ok(broadcast) => {
-                    peer.on_broadcast(broadcast);
+                    peer.on_broadcast(&broadcast);
                     // Whatever else is ready goes in the same burst.
                     let mut lagged = None;
                     while peer.out.len() < MAX_BURST {
                         match broadcasts.try_recv() {
-                            Ok(broadcast) => peer.on_broadcast(broadcast),
+                            Ok(broadcast) => peer.on_broadcast(&broadcast),
                             Err(TryRecvError::Lagged(missed)) => {
                                 lagged = Some(missed);
                                 break;
@@ -362,7 +359,7 @@ pub async fn run(
                     Err(Closed)
                 } else {
                     peer.publish_counts();
-                    peer.send(Message::Ping(Default::default()));
+                    peer.send(Frame::ping());
                     peer.write_out().await
                 }
             }
@@ -374,4 +371,22 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(None)).await;
     drop(connection);
+}
+
+/// Writes `frames` whole, as few writes as the socket allows.
+async fn write_frames(socket: &mut (impl AsyncWrite + Unpin), frames: &[Frame]) -> std::io::Result<()> {
+    if let [one] = frames {
+        socket.write_all(one.bytes()).await?;
+        return socket.flush().await;
+    }
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f.bytes())).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let written = socket.write_vectored(rest).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    socket.flush().await
 }

@@ -77,8 +77,21 @@ async fn snapshot_first_then_an_update_for_each_new_record() {
     );
 }
 
+/// Reads `n` updates from each client, concurrently; their malIds per client.
+async fn updates_of(clients: &mut [Ws], n: usize) -> Vec<Vec<i64>> {
+    let reads = clients.iter_mut().map(|ws| async move {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let update = next_of(ws, "update", WAIT).await;
+            seen.push(update["event"]["malId"].as_i64().unwrap());
+        }
+        seen
+    });
+    futures::future::join_all(reads).await
+}
+
 #[tokio::test]
-async fn two_servers_on_one_database_both_push_every_update() {
+async fn many_clients_on_two_servers_each_get_every_update_in_order() {
     let stack = Stack::start(1, Duration::from_secs(30)).await;
     // A second server of its own on the same database: it learns from PostgreSQL only.
     let only_serve = Settings {
@@ -86,27 +99,110 @@ async fn two_servers_on_one_database_both_push_every_update() {
         ..settings(&stack.topic.name, &stack.db.url, Duration::from_secs(30), &[])
     };
     let server = Running::start(only_serve).await;
-    let second = server.addr;
-    let mut a = stack.ws().await;
-    let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{second}/ws"))
-        .await
-        .unwrap();
-    next_of(&mut a, "snapshot", WAIT).await;
-    next_of(&mut b, "snapshot", WAIT).await;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let addr = if i % 2 == 0 { stack.addr } else { server.addr };
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        next_of(&mut ws, "snapshot", WAIT).await;
+        clients.push(ws);
+    }
 
-    let records = (0..20)
+    let records = (0..50)
         .map(|i| score_event(100 + i, &format!("Anime {i}"), "7.00"))
         .collect();
     stack.topic.publish_raw(0, records).await;
-    for ws in [&mut a, &mut b] {
-        let mut seen = Vec::new();
-        while seen.len() < 20 {
-            let update = next_of(ws, "update", WAIT).await;
-            seen.push(update["event"]["malId"].as_i64().unwrap());
-        }
-        assert_eq!(seen, (100..120).collect::<Vec<_>>(), "every update, in order");
+    for (i, seen) in updates_of(&mut clients, 50).await.into_iter().enumerate() {
+        assert_eq!(
+            seen,
+            (100..150).collect::<Vec<_>>(),
+            "client {i}: every update, in order"
+        );
     }
     server.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_a_client_gets_503_and_a_flood_slows_no_one() {
+    const CAP: usize = 150;
+    let stack = Stack::start_with(1, Duration::from_secs(30), &["--max-connections", "150"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..CAP {
+        let mut ws = stack.ws().await;
+        next_of(&mut ws, "snapshot", WAIT).await;
+        clients.push(ws);
+    }
+
+    // One more: 503 with a JSON reason.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", stack.addr)).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("the client over the cap was let in");
+    };
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value =
+        serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("MAX_CONNECTIONS"),
+        "{body}"
+    );
+
+    // A flood: 300 more connects, and ten clients sending junk as fast as
+    // they can, while 30 events are published. Everyone connected gets every one.
+    let url = format!("ws://{}/ws", stack.addr);
+    let knocking = tokio::spawn(async move {
+        let tries = (0..300).map(|_| tokio_tungstenite::connect_async(url.clone()));
+        futures::future::join_all(tries)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count()
+    });
+    let mut noisy: Vec<Ws> = clients.drain(..10).collect();
+    let junk = tokio::spawn(async move {
+        for _ in 0..200 {
+            for ws in &mut noisy {
+                if ws.send(Message::text(r#"{"type":"dance"}"#)).await.is_err() {
+                    return noisy;
+                }
+            }
+        }
+        noisy
+    });
+    let records = (0..30)
+        .map(|i| score_event(300 + i, &format!("Anime {i}"), "6.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    for (i, seen) in updates_of(&mut clients, 30).await.into_iter().enumerate() {
+        assert_eq!(
+            seen,
+            (300..330).collect::<Vec<_>>(),
+            "client {i}: every update, in order"
+        );
+    }
+    let (_, stats) = stack.get("/api/live/stats").await;
+    assert_eq!(
+        knocking.await.unwrap(),
+        0,
+        "no client over the cap got in: {stats}"
+    );
+    let noisy = junk.await.unwrap();
+    assert_eq!(noisy.len(), 10);
+
+    let (_, stats) = stack.get("/api/live/stats").await;
+    assert!(stats["connections"].as_u64().unwrap() <= CAP as u64, "{stats}");
+    let metrics = reqwest::get(stack.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("catlog_ws_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 301.0, "refused connections counted: {refused}");
 }
 
 #[tokio::test]
