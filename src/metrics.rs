@@ -109,6 +109,10 @@ fn describe() {
         "Sends abandoned because a client stopped reading"
     );
     describe_counter!(
+        "catlog_ws_connections_refused_total",
+        "WebSocket clients turned away over MAX_CONNECTIONS"
+    );
+    describe_counter!(
         "catlog_ws_resyncs_total",
         "Fresh snapshots sent instead of a backlog"
     );
