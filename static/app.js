@@ -19,6 +19,7 @@
 
   const $ = (id) => document.getElementById(id);
   const body = document.body;
+  document.documentElement.classList.add("js"); // the phone's tabs need the script
   const feed = $("feed");
   const trending = $("trending");
   const panel = $("anime-panel");
@@ -35,6 +36,7 @@
     lastEventAt: null,     // when the newest event arrived (ms, this clock)
     gaps: [],              // recent gaps between arriving events (ms)
     statsGapMs: null,      // the server's recent rate, as a gap (ms)
+    trending: [],          // the latest ranking, for the panel's momentum rank
   };
 
   // ---------------------------------------------------------------- helpers
@@ -59,6 +61,35 @@
   const isNum = (n) => n !== null && n !== undefined && n !== "" && Number.isFinite(Number(n));
   const fmtInt = (n) => (isNum(n) ? Number(n).toLocaleString("en-US") : "–");
   const fmtFixed = (n, digits) => (isNum(n) ? Number(n).toFixed(digits) : "–");
+
+  /**
+   * A change with its unit, as the server renders it (page.rs change_with_unit):
+   * score points as they are, thousands of members as members, places as places.
+   */
+  function changeText(eventType, change) {
+    const text = String(change ?? "0").trim();
+    const sign = text.startsWith("-") ? "-" : "+";
+    const value = Math.abs(parseFloat(text) || 0);
+    if (eventType === "MEMBER_UPDATE") {
+      const members = Math.round(value * 1000);
+      if (members < 1000) return `${sign}${members} members`;
+      return `${sign}${String(Number((members / 1000).toFixed(1)))}k members`;
+    }
+    if (eventType === "TRENDING_CHANGE") {
+      const places = Math.round(value);
+      return `${sign}${places} ${places === 1 ? "place" : "places"}`;
+    }
+    return text;
+  }
+
+  /** 3332647 → "3.33M", 389503 → "390k": for axis labels. */
+  function fmtCompact(n) {
+    if (!isNum(n)) return "–";
+    const v = Number(n);
+    if (Math.abs(v) >= 1e6) return `${Number((v / 1e6).toFixed(2))}M`;
+    if (Math.abs(v) >= 1e3) return `${Number((v / 1e3).toFixed(1))}k`;
+    return String(v);
+  }
 
   /** "+0.05" → up, "-1.2" → down, "0" / "+0.00" → flat. */
   function changeDirection(change) {
@@ -152,7 +183,8 @@
     return {
       id: Number(msg.id), malId: e.malId, title: e.title || `#${e.malId}`,
       eventType: e.eventType, label: TYPE_LABELS[e.eventType] || String(e.eventType || "Update"),
-      value, change, direction: changeDirection(change), timestamp: e.timestamp,
+      value, change, changeText: changeText(e.eventType, change), direction: changeDirection(change),
+      timestamp: e.timestamp,
     };
   }
 
@@ -181,7 +213,7 @@
     type.textContent = v.label;
     item.querySelector(".value").textContent = v.value;
     item.querySelector(".change").className = `change ${v.direction}`;
-    item.querySelector(".change-text").textContent = v.change;
+    item.querySelector(".change-text").textContent = v.changeText;
     fillTime(item.querySelector("time"), v.timestamp);
     return item;
   }
@@ -247,6 +279,8 @@
   }
 
   function renderTrending(items) {
+    state.trending = items || [];
+    if (state.followed !== null && !panel.hidden) setText("anime-momentum-rank", momentumRank(state.followed));
     // Rebuilding destroys the focused button, so remember and restore keyboard focus.
     const focused = trending.contains(document.activeElement) ? document.activeElement.dataset.malId : null;
     trending.replaceChildren(...(items || []).map(trendingItem));
@@ -261,14 +295,23 @@
 
   const setText = (id, text) => { $(id).textContent = text; };
 
+  const PANEL_FIELDS = ["anime-score", "anime-members", "anime-momentum-rank", "anime-rank", "anime-events", "anime-last-update"];
+
   function showLoading(title) {
     panel.hidden = false;
     panel.setAttribute("aria-busy", "true");
     setText("anime-title", "Loading…");
     setText("anime-sub", title || "");
-    for (const id of ["anime-score", "anime-members", "anime-rank", "anime-events", "anime-last-update"]) setText(id, "–");
+    for (const id of PANEL_FIELDS) setText(id, "–");
     chart.replaceChildren();
     $("anime-title").focus();
+    panel.scrollIntoView({ block: "nearest" });
+  }
+
+  /** Its place in the trending list now, if it has one. */
+  function momentumRank(malId) {
+    const item = state.trending.find((t) => t.malId === malId);
+    return item ? `#${item.rank}` : "not in the top 20";
   }
 
   function renderPanel(msg) {
@@ -276,18 +319,23 @@
     panel.hidden = false;
     panel.removeAttribute("aria-busy");
     setText("anime-title", c.title || `Anime #${msg.malId}`);
-    setText("anime-sub", `MAL #${msg.malId}` + (c.popularityChange ? ` · last change ${c.popularityChange}` : ""));
+    const lastType = TYPE_LABELS[c.lastEventType] || "";
+    const last = c.popularityChange
+      ? ` · last change: ${lastType.toLowerCase()} ${changeText(c.lastEventType, c.popularityChange)}`
+      : "";
+    setText("anime-sub", `MAL #${msg.malId}${last}`);
     setText("anime-score", c.currentScore ?? "–");
     setText("anime-members", fmtInt(c.liveMembers));
+    setText("anime-momentum-rank", momentumRank(msg.malId));
     setText("anime-rank", isNum(c.trendingRank) ? `#${c.trendingRank}` : "–");
     setText("anime-events", fmtInt(c.eventCount));
     $("anime-last-update").replaceChildren(c.lastUpdate ? timeEl(c.lastUpdate) : "–");
     drawChart(msg.history || []);
   }
 
-  // Chart geometry (viewBox 0 0 320 120): score labels on the left,
-  // members labels on the right, legend along the top.
-  const PLOT = { x0: 36, x1: 256, y0: 24, y1: 106 };
+  // Chart geometry (viewBox 0 0 360 170): the legend along the top, score
+  // on the left axis, members on the right, time along the bottom.
+  const PLOT = { x0: 44, x1: 306, y0: 30, y1: 136 };
 
   /** History is newest first; returns oldest-first {t, v} points for one field. */
   function series(history, field) {
@@ -298,23 +346,29 @@
   }
 
   /**
-   * Path for one series, scaled to its own min/max. x is shared (by time)
-   * across both series; a single point becomes a flat line across the plot.
+   * One series scaled to its own min/max on a time axis shared by both:
+   * its path, a dot per point (so a few points show), and its range.
    */
-  function linePath(points, tMin, tMax) {
-    if (points.length === 0) return { d: "", min: null, max: null };
+  function plotSeries(points, tMin, tMax, cls) {
+    if (points.length === 0) return { nodes: [], min: null, max: null };
     const vals = points.map((p) => p.v);
     const min = Math.min(...vals);
     const max = Math.max(...vals);
     const y = (v) => (max === min ? (PLOT.y0 + PLOT.y1) / 2 : PLOT.y1 - ((v - min) / (max - min)) * (PLOT.y1 - PLOT.y0));
-    if (points.length === 1) {
-      const yy = y(points[0].v).toFixed(1);
-      return { d: `M${PLOT.x0} ${yy} L${PLOT.x1} ${yy}`, min, max };
-    }
     const span = tMax - tMin;
-    const x = (p, i) => PLOT.x0 + (span > 0 ? (p.t - tMin) / span : i / (points.length - 1)) * (PLOT.x1 - PLOT.x0);
-    const d = points.map((p, i) => `${i ? "L" : "M"}${x(p, i).toFixed(1)} ${y(p.v).toFixed(1)}`).join(" ");
-    return { d, min, max };
+    const x = (p) => (span > 0 ? PLOT.x0 + ((p.t - tMin) / span) * (PLOT.x1 - PLOT.x0) : PLOT.x1);
+    const d = points.map((p, i) => `${i ? "L" : "M"}${x(p).toFixed(1)} ${y(p.v).toFixed(1)}`).join(" ");
+    const nodes = [svgEl("path", { class: `line ${cls}`, d })];
+    for (const p of points.slice(-60)) {
+      nodes.push(svgEl("circle", { class: `dot ${cls}`, cx: x(p).toFixed(1), cy: y(p.v).toFixed(1), r: 2.2 }));
+    }
+    return { nodes, min, max };
+  }
+
+  /** "12 min ago"-style label for an axis end. */
+  function agoLabel(t, now) {
+    const text = relativeTime(new Date(t).toISOString(), now);
+    return text === "just now" ? "now" : text;
   }
 
   function drawChart(history) {
@@ -323,39 +377,51 @@
     const times = score.concat(members).map((p) => p.t);
     const tMin = Math.min(...times);
     const tMax = Math.max(...times);
-    const s = linePath(score, tMin, tMax);
-    const m = linePath(members, tMin, tMax);
-    const fmtScore = (v) => String(v); // scores arrive as decimal strings like "9.08"
+    const s = plotSeries(score, tMin, tMax, "score");
+    const m = plotSeries(members, tMin, tMax, "members");
+    const now = Date.now();
 
     const nodes = [
-      // Legend: colour plus dash pattern, so the series differ without colour.
-      svgEl("line", { class: "key score", x1: PLOT.x0, y1: 10, x2: PLOT.x0 + 14, y2: 10 }),
-      svgEl("text", { class: "legend", x: PLOT.x0 + 18, y: 13 }, "Score"),
-      svgEl("line", { class: "key members", x1: PLOT.x0 + 70, y1: 10, x2: PLOT.x0 + 84, y2: 10 }),
-      svgEl("text", { class: "legend", x: PLOT.x0 + 88, y: 13 }, "Members"),
-      svgEl("path", { class: "line score", d: s.d }),
-      svgEl("path", { class: "line members", d: m.d }),
+      // Legend with units: colour plus dash pattern, so the series differ without colour.
+      svgEl("line", { class: "key score", x1: PLOT.x0, y1: 12, x2: PLOT.x0 + 16, y2: 12 }),
+      svgEl("text", { class: "legend", x: PLOT.x0 + 20, y: 16 }, "Score (0–10, left)"),
+      svgEl("line", { class: "key members", x1: PLOT.x0 + 140, y1: 12, x2: PLOT.x0 + 156, y2: 12 }),
+      svgEl("text", { class: "legend", x: PLOT.x0 + 160, y: 16 }, "Members (right)"),
+      svgEl("line", { class: "grid", x1: PLOT.x0, y1: PLOT.y0, x2: PLOT.x1, y2: PLOT.y0 }),
+      svgEl("line", { class: "grid", x1: PLOT.x0, y1: PLOT.y1, x2: PLOT.x1, y2: PLOT.y1 }),
+      ...s.nodes,
+      ...m.nodes,
     ];
-    if (s.min !== null) {
-      nodes.push(svgEl("text", { class: "axis score", x: PLOT.x0 - 4, y: PLOT.y0 + 4, "text-anchor": "end" }, fmtScore(s.max)));
-      nodes.push(svgEl("text", { class: "axis score", x: PLOT.x0 - 4, y: PLOT.y1, "text-anchor": "end" }, fmtScore(s.min)));
-    }
-    if (m.min !== null) {
-      nodes.push(svgEl("text", { class: "axis members", x: PLOT.x1 + 4, y: PLOT.y0 + 4 }, fmtInt(m.max)));
-      nodes.push(svgEl("text", { class: "axis members", x: PLOT.x1 + 4, y: PLOT.y1 }, fmtInt(m.min)));
+    // Each axis labels its series' range (one label when the series is flat).
+    const axis = (sr, cls, x, anchor, fmt) => {
+      if (sr.min === null) return;
+      if (sr.min === sr.max) {
+        nodes.push(svgEl("text", { class: `axis ${cls}`, x, y: (PLOT.y0 + PLOT.y1) / 2 + 4, "text-anchor": anchor }, fmt(sr.min)));
+        return;
+      }
+      nodes.push(svgEl("text", { class: `axis ${cls}`, x, y: PLOT.y0 + 4, "text-anchor": anchor }, fmt(sr.max)));
+      nodes.push(svgEl("text", { class: `axis ${cls}`, x, y: PLOT.y1 + 4, "text-anchor": anchor }, fmt(sr.min)));
+    };
+    axis(s, "score", PLOT.x0 - 4, "end", (v) => v.toFixed(2));
+    // Compact member counts, unless that makes both ends read the same.
+    const membersLabel = fmtCompact(m.min) === fmtCompact(m.max) ? fmtInt : fmtCompact;
+    axis(m, "members", PLOT.x1 + 4, "start", membersLabel);
+    if (times.length) {
+      nodes.push(svgEl("text", { class: "axis", x: PLOT.x0, y: PLOT.y1 + 18 }, agoLabel(tMin, now)));
+      nodes.push(svgEl("text", { class: "axis", x: PLOT.x1, y: PLOT.y1 + 18, "text-anchor": "end" }, agoLabel(tMax, now)));
     }
     const sparse = [];
     if (score.length < 2) sparse.push("score");
     if (members.length < 2) sparse.push("members");
     if (sparse.length) {
-      nodes.push(svgEl("text", { class: "note", x: (PLOT.x0 + PLOT.x1) / 2, y: 118, "text-anchor": "middle" },
-        `Not enough data yet for ${sparse.join(" and ")}`));
+      nodes.push(svgEl("text", { class: "note", x: (PLOT.x0 + PLOT.x1) / 2, y: PLOT.y1 + 30, "text-anchor": "middle" },
+        `Waiting for more ${sparse.join(" and ")} changes`));
     }
     chart.replaceChildren(...nodes);
 
-    const describe = (name, sr, fmt) => (sr.min === null ? `no ${name} data` : `${name} between ${fmt(sr.min)} and ${fmt(sr.max)}`);
+    const describe = (name, sr, fmt) => (sr.min === null ? `no ${name} changes yet` : `${name} from ${fmt(sr.min)} to ${fmt(sr.max)}`);
     chart.setAttribute("aria-label",
-      `Chart of the last ${history.length} events: ${describe("score", s, fmtScore)}; ${describe("members", m, fmtInt)}.`);
+      `Chart of the last ${history.length} events: ${describe("score", s, (v) => v.toFixed(2))}; ${describe("members", m, fmtInt)}.`);
   }
 
   // ---------------------------------------------------------------- following
@@ -411,7 +477,9 @@
     trending: (msg) => renderTrending(msg.items),
     stats(msg) {
       setText("stats-connections", fmtInt(msg.connections));
+      setText("stats-connections-word", Number(msg.connections) === 1 ? "connection" : "connections");
       setText("stats-events", fmtInt(msg.eventsLastMinute));
+      setText("stats-events-word", Number(msg.eventsLastMinute) === 1 ? "event" : "events");
       const perMinute = Number(msg.eventsLastMinute);
       state.statsGapMs = perMinute > 0 ? 60000 / perMinute : null;
     },
@@ -525,6 +593,16 @@
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && !panel.hidden && panel.contains(document.activeElement)) closePanel();
   });
+
+  // The phone's tabs: one tap between the feed and the trending list.
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => {
+      $("layout").dataset.tab = tab.dataset.tab;
+      for (const other of document.querySelectorAll(".tab")) {
+        other.setAttribute("aria-selected", String(other === tab));
+      }
+    });
+  }
 
   // Back online: retry right away instead of waiting out the backoff.
   window.addEventListener("online", () => state.socket || connect());

@@ -5,7 +5,7 @@
 //! the head changes when something happens. So a title's chance of the next
 //! event is its *popularity* plus its *buzz*:
 //!
-//! * Popularity is Zipf over the catalog's member ranking, `1 / rank^1.1`:
+//! * Popularity is Zipf over the catalog's member ranking, `1 / rank^1.2`:
 //!   the most-followed title draws about one event in seven and the top
 //!   tenth of the catalog about seven in ten. The rank, not the member count
 //!   itself, because the counts of a catalog of well-known titles span only
@@ -67,7 +67,7 @@ use crate::event::{Event, Measure, Score};
 /// How many places the trending list has.
 pub const TRENDING_SIZE: usize = 50;
 /// Zipf exponent of popularity over the member ranking.
-const ZIPF_EXPONENT: f64 = 1.1;
+const ZIPF_EXPONENT: f64 = 1.2;
 /// Momentum kept per event (the rest decays away).
 const MOMENTUM_DECAY: f64 = 0.998;
 /// Momentum a score or members event adds, on average.

@@ -52,12 +52,37 @@ impl IndexPage {
     }
 }
 
+/// A `popularityChange` with its unit, as the page shows it: score points
+/// as they are (`+0.05`), thousands of members as members (`+800 members`,
+/// `+1.2k members`), places as places (`+3 places`).
+pub fn change_with_unit(measure: Measure, change: &str) -> String {
+    let value: f64 = change.parse().unwrap_or(0.0);
+    let sign = if change.starts_with('-') { "-" } else { "+" };
+    match measure {
+        Measure::Score(_) => change.to_owned(),
+        Measure::Members(_) => {
+            let members = (value.abs() * 1000.0).round();
+            if members < 1000.0 {
+                format!("{sign}{members} members")
+            } else {
+                let thousands = format!("{:.1}", members / 1000.0);
+                format!("{sign}{}k members", thousands.trim_end_matches(".0"))
+            }
+        }
+        Measure::Rank(_) => {
+            let places = value.abs().round();
+            let unit = if places == 1.0 { "place" } else { "places" };
+            format!("{sign}{places} {unit}")
+        }
+    }
+}
+
 /// The word the page shows for an event type.
 pub fn type_label(event_type: EventType) -> &'static str {
     match event_type {
         EventType::ScoreUpdate => "Score",
         EventType::MemberUpdate => "Members",
-        EventType::TrendingChange => "Trending",
+        EventType::TrendingChange => "Site rank",
     }
 }
 
@@ -86,6 +111,8 @@ pub struct UpdateView {
     pub type_label: String,
     pub value_text: String,
     pub change: String,
+    /// The change with its unit: `+0.05`, `+800 members`, `+3 places`.
+    pub change_text: String,
     pub direction: String,
     pub timestamp: String,
 }
@@ -149,6 +176,7 @@ impl From<&Update> for UpdateView {
             type_label: type_label(e.event_type()).to_owned(),
             value_text: value,
             change: change.clone(),
+            change_text: change_with_unit(e.measure, change),
             direction: direction.to_owned(),
             timestamp: e.timestamp_text(),
         }
@@ -165,6 +193,18 @@ mod tests {
         assert_eq!(with_separators(999), "999");
         assert_eq!(with_separators(1000), "1,000");
         assert_eq!(with_separators(3_613_466), "3,613,466");
+    }
+
+    #[test]
+    fn changes_carry_their_units() {
+        let score = Measure::Score(crate::event::Score::MAX);
+        assert_eq!(change_with_unit(score, "+0.05"), "+0.05");
+        assert_eq!(change_with_unit(Measure::Members(1), "+0.8"), "+800 members");
+        assert_eq!(change_with_unit(Measure::Members(1), "+0.115"), "+115 members");
+        assert_eq!(change_with_unit(Measure::Members(1), "+12.5"), "+12.5k members");
+        assert_eq!(change_with_unit(Measure::Members(1), "+2"), "+2k members");
+        assert_eq!(change_with_unit(Measure::Rank(3), "+3"), "+3 places");
+        assert_eq!(change_with_unit(Measure::Rank(3), "-1"), "-1 place");
     }
 
     #[test]

@@ -8,16 +8,22 @@
 //! momentum(a, now) = Σ over a's events e of  weight(e) · 2^(−(now − committed(e)) / HALF_LIFE)
 //!
 //! weight(e) = 1                                   every event is attention
-//!           + 20 · max(Δscore, 0) + 10 · min(Δscore, 0)   SCORE_UPDATE (+0.05 → +1)
-//!           + 2 · thousands of new members                MEMBER_UPDATE (+0.8 → +1.6)
-//!           + 0.5 · places climbed + (51 − rank) / 10     TRENDING_CHANGE, ranks 1–50
+//!           + clamp(2 · Δscore, −0.1, 0.1)                  SCORE_UPDATE (+0.05 → +0.1)
+//!           + clamp(thousands of new members / 10, 0, 0.1)  MEMBER_UPDATE (+0.8 → +0.08)
+//!           + clamp(places climbed / 50, −0.1, 0.1)         TRENDING_CHANGE (+3 → +0.06)
 //! ```
 //!
-//! Momentum never goes below zero. The top [`SIZE`] by momentum (ties: more
-//! members first) make the list; each item carries its rank in the previous
-//! ranking, so the page shows movement.
+//! Every event counts between 0.9 and 1.1: the list follows where attention
+//! is (how often a title changes, recently), and which way it changes only
+//! breaks ties; no single event puts a title on top. The top [`SIZE`] by momentum (ties: more
+//! members first) make the list. Movement is measured against a fixed
+//! window, not the last recomputation (a fraction of a second earlier, so
+//! an arrow would flash and be gone): each item carries its rank in the
+//! ranking of [`MOVEMENT_WINDOW`] ago (kept every [`SAMPLE_EVERY`]; for a
+//! server up for less, the earliest ranking it made), and no rank there
+//! means a new entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +35,10 @@ use crate::event::{Event, Measure};
 pub const HALF_LIFE: Duration = Duration::from_secs(10 * 60);
 /// Places in the list.
 pub const SIZE: usize = 20;
+/// Movement is measured against the ranking this long ago.
+pub const MOVEMENT_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How often a ranking is kept to measure movement against.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -55,17 +65,20 @@ fn decay(age: chrono::TimeDelta) -> f64 {
 pub fn weight(event: &Event) -> f64 {
     let change: f64 = event.popularity_change.parse().unwrap_or(0.0);
     1.0 + match event.measure {
-        Measure::Score(_) => 20.0 * change.max(0.0) + 10.0 * change.min(0.0),
-        Measure::Members(_) => 2.0 * change.max(0.0),
-        Measure::Rank(rank) => 0.5 * change + f64::from((51 - rank).max(0)) / 10.0,
+        Measure::Score(_) => (2.0 * change).clamp(-0.1, 0.1),
+        Measure::Members(_) => (change / 10.0).clamp(0.0, 0.1),
+        Measure::Rank(_) => (change / 50.0).clamp(-0.1, 0.1),
     }
 }
 
-/// Momentum per anime and the last ranking made from it.
+/// Momentum per anime, the last ranking made from it, and the rankings of
+/// the last [`MOVEMENT_WINDOW`].
 #[derive(Debug, Default)]
 pub struct Momentum {
     anime: HashMap<i32, Entry>,
     ranking: Vec<i32>,
+    /// Rankings (malIds in order) and when they were made, oldest first.
+    samples: VecDeque<(DateTime<Utc>, Vec<i32>)>,
 }
 
 impl Momentum {
@@ -115,6 +128,19 @@ impl Momentum {
         }
     }
 
+    /// The ranking movement is measured against at `now`: the oldest kept
+    /// within the window that listed anything.
+    fn reference(&mut self, now: DateTime<Utc>) -> Option<&Vec<i32>> {
+        let window = chrono::TimeDelta::from_std(MOVEMENT_WINDOW).unwrap_or(chrono::TimeDelta::MAX);
+        while self.samples.len() > 1 && self.samples.front().is_some_and(|(at, _)| *at < now - window) {
+            self.samples.pop_front();
+        }
+        self.samples
+            .iter()
+            .map(|(_, order)| order)
+            .find(|order| !order.is_empty())
+    }
+
     /// The ranking at `now`, and whether its order differs from the previous one.
     pub fn rank(&mut self, now: DateTime<Utc>) -> (Vec<TrendingItem>, bool) {
         let mut scored: Vec<(i32, f64, &Entry)> = self
@@ -129,7 +155,7 @@ impl Momentum {
                 .then(a.0.cmp(&b.0))
         });
         scored.truncate(SIZE);
-        let items: Vec<TrendingItem> = scored
+        let mut items: Vec<TrendingItem> = scored
             .iter()
             .enumerate()
             .map(|(place, (id, momentum, e))| TrendingItem {
@@ -139,10 +165,22 @@ impl Momentum {
                 score: e.score.map(|s| (s * 100.0).round() / 100.0),
                 members: e.members,
                 momentum: (momentum * 10.0).round() / 10.0,
-                previous_rank: self.ranking.iter().position(|p| p == id).map(|p| p as i32 + 1),
+                previous_rank: None,
             })
             .collect();
+        if let Some(then) = self.reference(now) {
+            for item in &mut items {
+                item.previous_rank = then.iter().position(|p| *p == item.mal_id).map(|p| p as i32 + 1);
+            }
+        }
         let order: Vec<i32> = items.iter().map(|i| i.mal_id).collect();
+        let due = self
+            .samples
+            .back()
+            .is_none_or(|(at, _)| (now - *at).to_std().is_ok_and(|age| age >= SAMPLE_EVERY));
+        if due {
+            self.samples.push_back((now, order.clone()));
+        }
         let changed = order != self.ranking;
         if changed {
             self.ranking = order;
@@ -180,7 +218,15 @@ mod tests {
         let (items, changed) = m.rank(t0);
         assert!(changed);
         assert_eq!(items.iter().map(|i| i.mal_id).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(items[0].previous_rank, None);
+        assert_eq!(
+            items[0].previous_rank, None,
+            "nothing to compare the first ranking with"
+        );
+        assert_eq!(
+            m.rank(t0).0[0].previous_rank,
+            Some(1),
+            "then the first is the reference"
+        );
 
         // An hour later, fresh activity on 2 outweighs 1's old burst.
         let later = t0 + chrono::TimeDelta::hours(1);
@@ -188,31 +234,70 @@ mod tests {
         let (items, changed) = m.rank(later);
         assert!(changed);
         assert_eq!(items[0].mal_id, 2);
-        assert_eq!(items[0].previous_rank, Some(2));
-        assert_eq!(items[1].previous_rank, Some(1));
         assert!(
             items[1].momentum < 0.5,
             "six half-lives later: {}",
             items[1].momentum
         );
-
         let (_, changed) = m.rank(later);
         assert!(!changed, "same order, no change");
     }
 
     #[test]
-    fn falling_scores_weigh_less_but_never_below_zero() {
-        let down = weight(&event(
-            1,
-            Measure::Score(Score::from_hundredths(800).unwrap()),
-            "-0.50",
-        ));
-        assert!(down < 0.0);
+    fn movement_is_measured_against_the_ranking_of_the_window() {
         let mut m = Momentum::default();
-        m.observe(
-            &event(1, Measure::Score(Score::from_hundredths(800).unwrap()), "-0.50"),
-            Utc::now(),
+        let t0 = Utc::now();
+        let members = |n| Measure::Members(n);
+        for id in 1..=3 {
+            for _ in 0..(4 - id) {
+                m.observe(&event(id, members(1000), "+0.1"), t0);
+            }
+        }
+        assert_eq!(
+            m.rank(t0).0.iter().map(|i| i.mal_id).collect::<Vec<_>>(),
+            [1, 2, 3]
         );
-        assert!(m.rank(Utc::now()).0.is_empty());
+        // A few minutes of activity on 3 lifts it to the top; the arrows say
+        // how far each moved since the ranking of t0, and stay while it is the
+        // reference, however often the list is recomputed.
+        let mut now = t0;
+        for step in 1..=8 {
+            now = t0 + chrono::TimeDelta::seconds(30 * step);
+            m.observe(&event(3, members(1000), "+0.5"), now);
+            m.rank(now);
+        }
+        let (items, _) = m.rank(now);
+        assert_eq!(items[0].mal_id, 3);
+        assert_eq!((items[0].rank, items[0].previous_rank), (1, Some(3)), "up 2");
+        assert_eq!((items[1].rank, items[1].previous_rank), (2, Some(1)), "down 1");
+        let (again, _) = m.rank(now);
+        assert_eq!(again[0].previous_rank, Some(3), "the arrow does not flash away");
+
+        // Eleven minutes on, the reference is the ranking of ten minutes ago.
+        let later = t0 + chrono::TimeDelta::minutes(11);
+        m.observe(&event(4, members(1000), "+9"), later);
+        let (items, _) = m.rank(later);
+        let new = items.iter().find(|i| i.mal_id == 4).unwrap();
+        assert_eq!(new.previous_rank, None, "a new entry");
+        let three = items.iter().find(|i| i.mal_id == 3).unwrap();
+        assert_eq!(three.previous_rank, Some(1), "already first ten minutes ago");
+    }
+
+    #[test]
+    fn every_event_counts_about_one() {
+        let score = |change: &str| {
+            weight(&event(
+                1,
+                Measure::Score(Score::from_hundredths(800).unwrap()),
+                change,
+            ))
+        };
+        assert!(score("-0.50") < score("+0.05"), "a falling score weighs less");
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(score("-0.50"), 0.9), "{}", score("-0.50"));
+        assert!(near(score("+3.00"), 1.1));
+        let rank = weight(&event(1, Measure::Rank(1), "+49"));
+        assert!(near(rank, 1.1), "no single event puts a title on top: {rank}");
+        assert!(near(weight(&event(1, Measure::Members(5), "+0.8")), 1.08));
     }
 }

@@ -58,6 +58,8 @@ fn which(name: &str) -> Option<PathBuf> {
 async fn browser(driver_port: u16) -> Client {
     let profile = std::env::temp_dir().join(unique("chromium-profile"));
     let mut caps = serde_json::Map::new();
+    // The page's console, read back with `console_errors`.
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
@@ -78,9 +80,39 @@ async fn browser(driver_port: u16) -> Client {
         .unwrap_or_else(|e| panic!("cannot start Chromium through chromedriver: {e}"))
 }
 
+/// chromedriver's log of the page's console (not in W3C WebDriver).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (warp::http::Method, Option<String>) {
+        (warp::http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// Errors the page's console showed since the last call.
+async fn console_errors(client: &Client) -> Vec<String> {
+    let log = client.issue_cmd(BrowserLog).await.unwrap_or(Value::Null);
+    log.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["level"] == "SEVERE")
+        .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// Runs `script` (a function body) until it returns `true`.
 async fn wait_js(client: &Client, what: &str, script: &str) {
-    let deadline = Instant::now() + WAIT;
+    wait_js_for(client, WAIT, what, script).await;
+}
+
+/// The same, for at most `within`.
+async fn wait_js_for(client: &Client, within: Duration, what: &str, script: &str) {
+    let deadline = Instant::now() + within;
     loop {
         let value = client.execute(script, vec![]).await.unwrap_or(Value::Null);
         if value == Value::Bool(true) {
@@ -332,5 +364,214 @@ async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back(
          return s.dataset.state === 'connected' && s.textContent === 'Live'",
     )
     .await;
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_a_phone_trending_is_one_tap_away_and_everything_can_be_tapped() {
+    let db = TestDb::new();
+    let topic = unique("catlog-phone");
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[("PRODUCER_INTERVAL_MS", "250"), ("PRODUCER_SEED", "3")],
+    )
+    .await;
+    let port = free_port();
+    let _driver = chromedriver(port);
+    let client = browser(port).await;
+    client.set_window_size(390, 844).await.unwrap();
+    client.goto(&url).await.unwrap();
+    wait_js(
+        &client,
+        "a trending list",
+        "return document.querySelectorAll('#trending li').length > 3",
+    )
+    .await;
+    let shown =
+        |id: &str| format!("return getComputedStyle(document.getElementById('{id}')).display !== 'none'");
+    assert_eq!(js(&client, &shown("feed-section")).await, true, "the feed first");
+    assert_eq!(
+        js(&client, &shown("trending-section")).await,
+        false,
+        "trending behind its tab"
+    );
+
+    client
+        .find(Locator::Css("#tab-trending"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(js(&client, &shown("trending-section")).await, true);
+    assert_eq!(js(&client, &shown("feed-section")).await, false);
+    let top = js(
+        &client,
+        "return document.getElementById('trending').getBoundingClientRect().top < window.innerHeight / 2",
+    )
+    .await;
+    assert_eq!(top, true, "one tap puts the list on screen, not fifty rows down");
+
+    let small = js(
+        &client,
+        "return [...document.querySelectorAll('.tab, #trending .anime-link, #anime-close')] \
+           .filter(b => b.getBoundingClientRect().height > 0) \
+           .filter(b => b.getBoundingClientRect().height < 44) \
+           .map(b => b.textContent.trim() + ' ' + b.getBoundingClientRect().height)",
+    )
+    .await;
+    assert_eq!(small, json!([]), "tap targets of 44 px or more");
+    let overflow = js(
+        &client,
+        "return document.documentElement.scrollWidth - window.innerWidth",
+    )
+    .await;
+    assert!(overflow.as_i64().unwrap() <= 0, "no sideways scroll: {overflow}");
+
+    client
+        .find(Locator::Css("#tab-feed"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        js(&client, &shown("feed-section")).await,
+        true,
+        "and one tap back"
+    );
+    assert_eq!(console_errors(&client).await, Vec::<String>::new());
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
+    let db = TestDb::new();
+    let topic = unique("catlog-first-minute");
+    // The demo as a new user runs it: one event a second.
+    let (_app, url) = start_all(&topic, &db, &[("PRODUCER_SEED", "1")]).await;
+    let port = free_port();
+    let _driver = chromedriver(port);
+    let client = browser(port).await;
+    client.set_window_size(1366, 900).await.unwrap();
+    client.goto(&url).await.unwrap();
+    // A person looks for a moment, then follows what is on top for a reason
+    // (more than one recent event, not the first title that happened to move).
+    wait_js(
+        &client,
+        "a trending list with a leader",
+        "const top = document.querySelector('#trending li:first-child .momentum'); \
+         return top !== null && Number(top.textContent) >= 2",
+    )
+    .await;
+    let started = Instant::now();
+    client
+        .find(Locator::Css("#trending li:first-child .anime-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_js(
+        &client,
+        "the panel",
+        "return document.getElementById('anime-title').textContent !== 'Loading…'",
+    )
+    .await;
+    let title = js(
+        &client,
+        "return document.getElementById('anime-title').textContent",
+    )
+    .await;
+    wait_js_for(
+        &client,
+        Duration::from_secs(60),
+        &format!("two points in the chart of {title}"),
+        "return document.querySelectorAll('#anime-chart circle.dot').length >= 2",
+    )
+    .await;
+    let title = js(
+        &client,
+        "return document.getElementById('anime-title').textContent",
+    )
+    .await;
+    eprintln!(
+        "{title}: two points in its chart {:?} after following it",
+        started.elapsed()
+    );
+    let legend = js(
+        &client,
+        "return [...document.querySelectorAll('#anime-chart text')].map(t => t.textContent).join(' | ')",
+    )
+    .await;
+    let legend = legend.as_str().unwrap_or_default();
+    assert!(
+        legend.contains("Score") && legend.contains("Members"),
+        "labelled: {legend}"
+    );
+    let unit = js(&client, "return document.getElementById('anime-sub').textContent").await;
+    assert!(unit.as_str().unwrap_or_default().contains("MAL #"), "{unit}");
+
+    // The rest of the first minute, then what a person sees.
+    let rest = Duration::from_secs(60).saturating_sub(started.elapsed());
+    tokio::time::sleep(rest).await;
+    let points = js(
+        &client,
+        "return document.querySelectorAll('#anime-chart circle.dot').length",
+    )
+    .await;
+    eprintln!("{title}: {points} points in its chart after a minute");
+    std::fs::write(
+        screenshot_path("first-minute.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    client.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(
+        screenshot_path("first-minute-phone.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(console_errors(&client).await, Vec::<String>::new());
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_movement_arrow_appears_in_the_trending_list() {
+    let db = TestDb::new();
+    let topic = unique("catlog-arrows");
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[("PRODUCER_INTERVAL_MS", "100"), ("PRODUCER_SEED", "5")],
+    )
+    .await;
+    let port = free_port();
+    let _driver = chromedriver(port);
+    let client = browser(port).await;
+    client.goto(&url).await.unwrap();
+    let started = Instant::now();
+    wait_js_for(
+        &client,
+        Duration::from_secs(180),
+        "a ▲ or ▼ in the trending list",
+        "return document.querySelectorAll('#trending .movement.up, #trending .movement.down').length > 0",
+    )
+    .await;
+    eprintln!("first movement arrow after {:?}", started.elapsed());
+    let label = js(
+        &client,
+        "return document.querySelector('#trending .movement.up, #trending .movement.down').getAttribute('aria-label')",
+    )
+    .await;
+    assert!(
+        label
+            .as_str()
+            .is_some_and(|l| l.starts_with("Up ") || l.starts_with("Down ")),
+        "{label}"
+    );
+    assert_eq!(console_errors(&client).await, Vec::<String>::new());
     client.close().await.unwrap();
 }
