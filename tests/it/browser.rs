@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, broker, catlog, unique};
+use common::{Proc, TestDb, catlog, start_all, unique};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -142,37 +142,6 @@ fn screenshot_path(name: &str) -> PathBuf {
         .join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-/// `catlog-live all` on a free port with `env`; the process and the page's URL.
-async fn start_all(topic: &str, db: &TestDb, env: &[(&str, &str)]) -> (Proc, String) {
-    let mut cmd = catlog(&["all"], topic, &db.url);
-    cmd.env("LISTEN_ADDR", "127.0.0.1:0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let _ = broker();
-    let app = Proc::spawn(cmd, "all");
-    let deadline = Instant::now() + WAIT;
-    let url = loop {
-        if let Some(line) = app
-            .output()
-            .lines()
-            .find(|l| l.starts_with("catlog-live is live at "))
-        {
-            break line
-                .trim_start_matches("catlog-live is live at ")
-                .trim()
-                .to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`all` did not print its URL:\n{}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    (app, url)
 }
 
 #[tokio::test]

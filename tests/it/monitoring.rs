@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, broker, catlog, unique};
+use common::{Proc, TestDb, start_all, unique};
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
 
@@ -250,36 +250,6 @@ fn result_count(answer: &Value) -> Result<usize, String> {
     }
 }
 
-/// `catlog-live all` on a free port (fast producer); the process and its base URL.
-async fn start_all(topic: &str, db: &TestDb) -> (Proc, String) {
-    let mut cmd = catlog(&["all"], topic, &db.url);
-    cmd.env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("PRODUCER_INTERVAL_MS", "100");
-    let _ = broker();
-    let app = Proc::spawn(cmd, "all");
-    let deadline = Instant::now() + WAIT;
-    let url = loop {
-        if let Some(line) = app
-            .output()
-            .lines()
-            .find(|l| l.starts_with("catlog-live is live at "))
-        {
-            break line
-                .trim_start_matches("catlog-live is live at ")
-                .trim()
-                .trim_end_matches('/')
-                .to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`all` did not print its URL:\n{}",
-            app.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    (app, url)
-}
-
 #[test]
 fn dashboard_shows_every_metric_from_the_provisioned_datasource() {
     let dashboard = dashboard();
@@ -348,7 +318,8 @@ fn monitoring_configuration_and_alert_rules_pass_promtool() {
 async fn prometheus_scrapes_all_and_every_dashboard_query_returns_data() {
     let db = TestDb::new();
     let topic = unique("catlog-monitoring");
-    let (_app, url) = start_all(&topic, &db).await;
+    let (_app, url) = start_all(&topic, &db, &[("PRODUCER_INTERVAL_MS", "100")]).await;
+    let url = url.trim_end_matches('/').to_owned();
 
     // The exposition itself, as Prometheus's own linter reads it.
     let metrics = reqwest::get(format!("{url}/metrics"))

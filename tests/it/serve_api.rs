@@ -48,12 +48,7 @@ async fn updates_come_newest_first_with_the_event_as_published() {
         ["Steins;Gate", "Fullmetal Alchemist: Brotherhood", "Cowboy Bebop"]
     );
     // The event exactly as on the wire, byte for byte.
-    let raw = reqwest::get(stack.url("/api/live/updates"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = stack.text("/api/live/updates").await;
     for (_, sample) in SAMPLES {
         assert!(
             raw.contains(&format!(r#""event":{sample}"#)),
@@ -156,12 +151,7 @@ async fn trending_stats_health_and_metrics() {
     let (status, ready) = stack.get("/readyz").await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
 
-    let metrics = reqwest::get(stack.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.text("/metrics").await;
     for name in [
         "catlog_events_consumed_total",
         "catlog_consumer_lag",

@@ -191,12 +191,7 @@ async fn over_the_connection_cap_a_client_gets_503_and_a_flood_slows_no_one() {
 
     let (_, stats) = stack.get("/api/live/stats").await;
     assert!(stats["connections"].as_u64().unwrap() <= CAP as u64, "{stats}");
-    let metrics = reqwest::get(stack.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.text("/metrics").await;
     let refused: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("catlog_ws_connections_refused_total "))

@@ -296,6 +296,38 @@ pub fn event_id(record: &Record) -> uuid::Uuid {
         .unwrap_or_else(|| panic!("record without a valid event id: {:?}", record.headers))
 }
 
+/// The real `catlog-live all` on a free port with `env`; the process and
+/// the page's URL (as it prints it: `http://127.0.0.1:PORT/`).
+pub async fn start_all(topic: &str, db: &TestDb, env: &[(&str, &str)]) -> (Proc, String) {
+    let mut cmd = catlog(&["all"], topic, &db.url);
+    cmd.env("LISTEN_ADDR", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let _ = broker();
+    let app = Proc::spawn(cmd, "all");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        if let Some(line) = app
+            .output()
+            .lines()
+            .find(|l| l.starts_with("catlog-live is live at "))
+        {
+            break line
+                .trim_start_matches("catlog-live is live at ")
+                .trim()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`all` did not print its URL:\n{}",
+            app.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (app, url)
+}
+
 /// The real `catlog-live` binary as a child process, killed when dropped.
 pub struct Proc {
     pub child: Child,

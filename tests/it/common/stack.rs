@@ -129,6 +129,12 @@ impl Stack {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GET `path`: the body as text.
+    pub async fn text(&self, path: &str) -> String {
+        let response = reqwest::get(self.url(path)).await.unwrap();
+        response.text().await.unwrap_or_default()
+    }
+
     /// GET `path`: status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = reqwest::get(self.url(path)).await.unwrap();
@@ -161,12 +167,7 @@ impl Stack {
             Duration::from_secs(30),
             &format!("the server to have {n} updates"),
             || async {
-                let page = reqwest::get(self.url("/"))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap_or_default();
+                let page = self.text("/").await;
                 // Rows of the feed itself, not of the page's empty <template>.
                 let feed = page
                     .split_once(r#"id="feed""#)
