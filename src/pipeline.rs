@@ -208,29 +208,27 @@ impl Pipeline {
     /// its own); the first stage to fail stops the others.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PipelineError> {
         let stop = shutdown.child_token();
-        let stop_others_if_failed = |result: Result<(), PipelineError>| {
+        let stop_others_if_failed = |result: &Result<(), PipelineError>| {
             if result.is_err() {
                 stop.cancel();
             }
-            result.err().map(Box::new)
         };
         let s = &self.settings;
         let db = self.db.as_ref();
         let (produced, (), served) = tokio::join!(
-            async { stop_others_if_failed(produce_stage(s, self.kafka.as_ref(), stop.clone()).await) },
             async {
-                let reader = self.reader.as_ref();
-                consume_stage(s, db, reader, self.metrics_listener, stop.clone()).await;
+                let produced = produce_stage(s, self.kafka.as_ref(), stop.clone()).await;
+                stop_others_if_failed(&produced);
+                produced
             },
+            consume_stage(s, db, self.reader.as_ref(), self.metrics_listener, stop.clone()),
             async {
-                let kafka = self.kafka.clone();
-                stop_others_if_failed(serve_stage(s, db, kafka, self.listener, stop.clone()).await)
+                let served = serve_stage(s, db, self.kafka.clone(), self.listener, stop.clone()).await;
+                stop_others_if_failed(&served);
+                served
             },
         );
-        match produced.or(served) {
-            Some(error) => Err(*error),
-            None => Ok(()),
-        }
+        produced.and(served)
     }
 }
 
