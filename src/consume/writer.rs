@@ -94,20 +94,23 @@ pub(super) async fn run(
 }
 
 /// Validates every record of one chunk into `batch`: a history row or a
-/// dead letter each, and the partition's position after it.
+/// dead letter each, and the partition's position after the last.
 fn add(batch: &mut Batch, partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) {
     for RecordAndOffset { record, offset } in records {
+        let event_id = event::event_id(&record.headers);
         batch.positions.insert(
             partition,
             Position {
                 next_offset: offset + 1,
                 log_epoch,
-                last: Some(RecordMark::of(&record)),
+                last: Some(RecordMark {
+                    time: record.timestamp,
+                    event_id: event_id.as_ref().ok().copied().flatten(),
+                }),
             },
         );
         let value = record.value.unwrap_or_default();
-        let valid = event::event_id(&record.headers)
-            .and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
+        let valid = event_id.and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
         match valid {
             Ok((event_id, event)) => batch.rows.push(Row {
                 partition,
