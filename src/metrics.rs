@@ -94,6 +94,19 @@ fn describe() {
         "catlog_consumer_fetch_lag",
         "Broker high watermark minus the fetch position, per partition"
     );
+    describe_counter!(
+        "catlog_offset_mirror_commits_total",
+        "Successful OffsetCommit requests copying the group's offsets from PostgreSQL to Kafka"
+    );
+    describe_counter!(
+        "catlog_offset_mirror_failures_total",
+        "Failed attempts to copy the group's offsets to Kafka (retried; ingestion is not affected)"
+    );
+    describe_gauge!(
+        "catlog_offset_mirror_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful offset copy to Kafka (0: none yet)"
+    );
     describe_gauge!("catlog_ws_clients", "Open WebSocket connections");
     describe_counter!("catlog_ws_messages_sent_total", "WebSocket messages sent");
     describe_counter!(
