@@ -9,7 +9,9 @@
 //! commits the same next offsets there as well, as a standalone consumer
 //! (see [`crate::kafka::group`]): only what changed, at most once a
 //! second, only for the partitions this process owns (their other owners
-//! mirror the rest).
+//! mirror the rest). Unchanged offsets are committed again every
+//! [`REFRESH`], so Kafka does not expire an idle group's offsets
+//! (`offsets.retention.minutes`, 7 days by default).
 //!
 //! It follows the writer through a `watch` of what each commit stored and
 //! never feeds anything back: the writer never waits for it. A broker
@@ -18,7 +20,7 @@
 //! backoff; ingestion carries on.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
@@ -32,6 +34,8 @@ use crate::store::positions;
 
 /// How often the mirror looks for new offsets to commit.
 pub const MIRROR_EVERY: Duration = Duration::from_secs(1);
+/// How often an unchanged offset is committed again.
+pub const REFRESH: Duration = Duration::from_secs(3600);
 /// Longest pause between attempts while the coordinator fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long the last round at shutdown may take.
@@ -138,13 +142,13 @@ impl Mirror {
                 Err(error) => tracing::debug!(%error, "offset mirror cannot read the stored positions yet"),
             }
         }
-        let due = self.plan.due(&stored);
+        let due = self.plan.due(&stored, Instant::now());
         if due.is_empty() {
             return true;
         }
         match client.commit(&self.settings.topic, &due).await {
             Ok(()) => {
-                self.plan.mirrored(&due);
+                self.plan.mirrored(&due, Instant::now());
                 metrics::counter!("catlog_offset_mirror_commits_total").increment(1);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
                 metrics::gauge!("catlog_offset_mirror_last_success_timestamp_seconds").set(now.as_secs_f64());
@@ -207,8 +211,8 @@ struct Tracked {
     seeded: bool,
     /// Its position in PostgreSQL when the partition became ours.
     from_db: Option<i64>,
-    /// What Kafka holds from us.
-    mirrored: Option<i64>,
+    /// What Kafka holds from us, and since when.
+    mirrored: Option<(i64, Instant)>,
 }
 
 impl Plan {
@@ -240,8 +244,8 @@ impl Plan {
     }
 
     /// Each owned partition's newest stored offset, where Kafka does not
-    /// have it from us yet.
-    fn due(&self, stored: &Stored) -> BTreeMap<i32, i64> {
+    /// have it from us yet, or had it for [`REFRESH`].
+    fn due(&self, stored: &Stored, now: Instant) -> BTreeMap<i32, i64> {
         self.partitions
             .iter()
             .filter_map(|(&p, t)| {
@@ -251,16 +255,19 @@ impl Plan {
                     .filter(|(_, write)| *write > t.since)
                     .map(|(offset, _)| *offset);
                 let target = written.or(t.from_db)?;
-                (t.mirrored != Some(target)).then_some((p, target))
+                let fresh = t
+                    .mirrored
+                    .is_some_and(|(offset, at)| offset == target && now.duration_since(at) < REFRESH);
+                (!fresh).then_some((p, target))
             })
             .collect()
     }
 
-    /// Kafka now holds `offsets`.
-    fn mirrored(&mut self, offsets: &BTreeMap<i32, i64>) {
+    /// Kafka holds `offsets` since `at`.
+    fn mirrored(&mut self, offsets: &BTreeMap<i32, i64>, at: Instant) {
         for (p, &offset) in offsets {
             if let Some(t) = self.partitions.get_mut(p) {
-                t.mirrored = Some(offset);
+                t.mirrored = Some((offset, at));
             }
         }
     }
@@ -269,6 +276,10 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     fn owned(partitions: &[i32]) -> BTreeSet<i32> {
         partitions.iter().copied().collect()
@@ -280,16 +291,16 @@ mod tests {
         let mut plan = Plan::default();
         plan.own(&owned(&[0, 1]), &stored);
         plan.seed(&BTreeMap::new());
-        assert!(plan.due(&stored).is_empty(), "nothing stored, nothing due");
+        assert!(plan.due(&stored, now()).is_empty(), "nothing stored, nothing due");
 
         stored.record([(0, 10), (1, 4)]);
-        let due = plan.due(&stored);
+        let due = plan.due(&stored, now());
         assert_eq!(due, [(0, 10), (1, 4)].into());
-        plan.mirrored(&due);
-        assert!(plan.due(&stored).is_empty(), "committed once");
+        plan.mirrored(&due, now());
+        assert!(plan.due(&stored, now()).is_empty(), "committed once");
 
         stored.record([(1, 9)]);
-        assert_eq!(plan.due(&stored), [(1, 9)].into(), "only what changed");
+        assert_eq!(plan.due(&stored, now()), [(1, 9)].into(), "only what changed");
     }
 
     #[test]
@@ -299,10 +310,10 @@ mod tests {
         plan.own(&owned(&[0]), &stored);
         plan.seed(&BTreeMap::new());
         stored.record([(0, 10)]);
-        assert_eq!(plan.due(&stored), [(0, 10)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 10)].into());
         // The commit failed: nothing marked. More is stored meanwhile.
         stored.record([(0, 25)]);
-        assert_eq!(plan.due(&stored), [(0, 25)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 25)].into());
     }
 
     #[test]
@@ -314,7 +325,7 @@ mod tests {
         plan.seed(&[(0, 42)].into());
         assert!(!plan.needs_seed());
         assert_eq!(
-            plan.due(&stored),
+            plan.due(&stored, now()),
             [(0, 42)].into(),
             "partition 1 has no stored offset"
         );
@@ -330,18 +341,18 @@ mod tests {
 
         // Partition 1 goes to another consumer before it was mirrored.
         plan.own(&owned(&[0]), &stored);
-        assert_eq!(plan.due(&stored), [(0, 10)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 10)].into());
 
         // It comes back after the other consumer read on: what this process
         // stored before is old; PostgreSQL has the truth.
         plan.own(&owned(&[0, 1]), &stored);
         assert!(plan.needs_seed());
         plan.seed(&[(0, 10), (1, 70)].into());
-        assert_eq!(plan.due(&stored), [(0, 10), (1, 70)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 10), (1, 70)].into());
 
         // And what the writer stores from now on wins.
         stored.record([(1, 75)]);
-        assert_eq!(plan.due(&stored), [(0, 10), (1, 75)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 10), (1, 75)].into());
     }
 
     #[test]
@@ -351,10 +362,23 @@ mod tests {
         plan.own(&owned(&[0]), &stored);
         plan.seed(&BTreeMap::new());
         stored.record([(0, 600)]);
-        plan.mirrored(&plan.due(&stored));
+        plan.mirrored(&plan.due(&stored, now()), now());
         // The partition's log started again at 0 and the writer recorded it.
         stored.record([(0, 0)]);
-        assert_eq!(plan.due(&stored), [(0, 0)].into());
+        assert_eq!(plan.due(&stored, now()), [(0, 0)].into());
+    }
+
+    #[test]
+    fn an_unchanged_offset_is_committed_again_after_a_while() {
+        let mut stored = Stored::default();
+        let mut plan = Plan::default();
+        plan.own(&owned(&[0]), &stored);
+        plan.seed(&BTreeMap::new());
+        stored.record([(0, 5)]);
+        let start = now();
+        plan.mirrored(&plan.due(&stored, start), start);
+        assert!(plan.due(&stored, start + REFRESH / 2).is_empty());
+        assert_eq!(plan.due(&stored, start + REFRESH), [(0, 5)].into());
     }
 
     #[test]

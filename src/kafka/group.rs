@@ -8,10 +8,11 @@
 //! id, which brokers accept from a client that is not a member (the "simple
 //! consumer" commit, as `kafka-consumer-groups.sh --reset-offsets` does).
 //!
-//! Versions: `FindCoordinator` 0–6, `OffsetCommit` 2–9, `OffsetFetch` 1–7,
-//! the highest of each the broker supports (see [`super::wire`]). Those
-//! ranges hold one request shape each (newer versions key topics by id or
-//! batch groups), and reach back to Kafka 2.x.
+//! Versions: the highest of each the broker supports (asked with
+//! `ApiVersions` on connecting) within `FindCoordinator` 0–6,
+//! `OffsetCommit` 2–9 and `OffsetFetch` 1–7: back to Kafka 2.x brokers, and
+//! up to where a request changes shape (`OffsetCommit` 10 names topics by
+//! id, `OffsetFetch` 8 batches groups).
 
 use std::collections::BTreeMap;
 
@@ -69,7 +70,9 @@ pub enum GroupError {
         ours: String,
         theirs: String,
     },
-    #[error("{api} to the Kafka broker at {broker} failed: {source}")]
+    #[error(
+        "{api} to the Kafka broker at {broker} failed: {source} (a broker that closes new connections may want TLS or SASL: see KAFKA_TLS and KAFKA_SASL_MECHANISM)"
+    )]
     Io {
         broker: String,
         api: String,

@@ -2,7 +2,7 @@
 //!
 //! Records travel through rskafka. The consumer-group APIs, which rskafka
 //! lacks, are in [`group`] (the offset mirror's client), over connections of
-//! its own ([`wire`]) with the same SASL and TLS settings.
+//! its own (`wire`) with the same SASL and TLS settings.
 
 pub mod group;
 mod wire;
