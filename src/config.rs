@@ -273,6 +273,16 @@ pub struct ConsumerOptions {
     /// [default: none; `serve` and `all` have /metrics anyway].
     #[arg(long = "metrics-addr", env = "METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Also commit the group's offsets to Kafka's group coordinator (about
+    /// once a second, as a standalone consumer), so Kafka UI,
+    /// kafka-consumer-groups.sh and lag exporters see the group. PostgreSQL
+    /// stays the source of truth: a consumer always starts from the offsets
+    /// stored there, and a failing mirror is logged and retried without
+    /// slowing ingestion.
+    #[arg(long = "kafka-offset-mirror", env = "KAFKA_OFFSET_MIRROR", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub offset_mirror: bool,
 }
 
 /// Options of `consume`.

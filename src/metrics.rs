@@ -17,7 +17,6 @@ pub fn handle() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new().install_recorder().ok()?;
             describe();
-            register_at_zero();
             Some(handle)
         })
         .clone()
@@ -60,33 +59,6 @@ pub fn upkeep() {
     }
 }
 
-/// Series a dashboard or an alert reads before their first change: a fresh
-/// `serve` has no WebSocket client yet, and the offset mirror may not have
-/// committed or failed yet, but "0" is then the truth and "no data" is not.
-/// Registering is idempotent: whoever updates these later (with the same
-/// names and descriptions) finds them in place. Labelled series
-/// (`catlog_consumer_log_resets_total{partition}`) are left to the first
-/// reset; the dashboard reads them with a fallback instead.
-fn register_at_zero() {
-    use metrics::{counter, describe_counter, describe_gauge, gauge};
-    describe_counter!(
-        "catlog_offset_mirror_commits_total",
-        "Successful offset commits to Kafka's group coordinator"
-    );
-    describe_counter!(
-        "catlog_offset_mirror_failures_total",
-        "Failed attempts to commit offsets to Kafka's group coordinator"
-    );
-    describe_gauge!(
-        "catlog_offset_mirror_last_success_timestamp_seconds",
-        "Unix time of the last successful offset commit to Kafka"
-    );
-    counter!("catlog_offset_mirror_commits_total").increment(0);
-    counter!("catlog_offset_mirror_failures_total").increment(0);
-    gauge!("catlog_offset_mirror_last_success_timestamp_seconds").set(0.0);
-    gauge!("catlog_ws_clients").set(0.0);
-}
-
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -121,6 +93,19 @@ fn describe() {
     describe_gauge!(
         "catlog_consumer_fetch_lag",
         "Broker high watermark minus the fetch position, per partition"
+    );
+    describe_counter!(
+        "catlog_offset_mirror_commits_total",
+        "Successful OffsetCommit requests copying the group's offsets from PostgreSQL to Kafka"
+    );
+    describe_counter!(
+        "catlog_offset_mirror_failures_total",
+        "Failed attempts to copy the group's offsets to Kafka (retried; ingestion is not affected)"
+    );
+    describe_gauge!(
+        "catlog_offset_mirror_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful offset copy to Kafka (0: none yet)"
     );
     describe_gauge!("catlog_ws_clients", "Open WebSocket connections");
     describe_counter!("catlog_ws_messages_sent_total", "WebSocket messages sent");

@@ -25,6 +25,7 @@ use crate::config::{
 };
 use crate::consume::{self, ConsumerSettings};
 use crate::db::{Database, DbError};
+use crate::kafka::group::{GroupClient, GroupError};
 use crate::kafka::{self, KafkaError};
 use crate::produce::{self, ProduceError};
 use crate::serve::{self, Access, FollowSettings, ServeError, ServeSettings};
@@ -47,6 +48,8 @@ pub enum PipelineError {
     Db(#[from] DbError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
     #[error("cannot listen on {addr} ({setting}): {source}; pick a free address")]
     Bind {
         setting: &'static str,
@@ -132,6 +135,8 @@ pub struct Pipeline {
     kafka: Option<Arc<Client>>,
     /// For consuming: reports lost connections instead of retrying them.
     reader: Option<Arc<Client>>,
+    /// For mirroring the consumer's offsets to Kafka, when it does.
+    mirror: Option<GroupClient>,
     /// The page's address, bound.
     listener: Option<TcpListener>,
     /// A consumer's own `/metrics`, bound.
@@ -169,6 +174,13 @@ impl Pipeline {
             Some(_) => Some(kafka::connect_reader(&settings.kafka).await?),
             None => None,
         };
+        let mirror = match &settings.consume {
+            Some(options) if options.offset_mirror => Some(GroupClient::new(
+                &settings.kafka,
+                settings.group.group_id.clone(),
+            )?),
+            _ => None,
+        };
         // With every stage in one process, the topic exists before any reads it.
         if let (Some((options, _)), Some(_), Some(client)) = (&settings.produce, &settings.consume, &kafka) {
             kafka::ensure_topic(client, &settings.kafka.topic, options.partitions).await?;
@@ -189,6 +201,7 @@ impl Pipeline {
             db,
             kafka,
             reader,
+            mirror,
             listener,
             metrics_listener,
         })
@@ -221,7 +234,14 @@ impl Pipeline {
                 stop_others_if_failed(&produced);
                 produced
             },
-            consume_stage(s, db, self.reader.as_ref(), self.metrics_listener, stop.clone()),
+            consume_stage(
+                s,
+                db,
+                self.reader.as_ref(),
+                self.mirror,
+                self.metrics_listener,
+                stop.clone()
+            ),
             async {
                 let served = serve_stage(s, db, self.kafka.clone(), self.listener, stop.clone()).await;
                 stop_others_if_failed(&served);
@@ -246,11 +266,13 @@ async fn produce_stage(
     Ok(())
 }
 
-/// The consumer, when it runs, with its own `/metrics` and history retention.
+/// The consumer, when it runs, with its own `/metrics`, history retention
+/// and offset mirror.
 async fn consume_stage(
     settings: &Settings,
     db: Option<&(Database, Pool)>,
     reader: Option<&Arc<Client>>,
+    mirror: Option<GroupClient>,
     metrics_listener: Option<TcpListener>,
     stop: CancellationToken,
 ) {
@@ -274,7 +296,15 @@ async fn consume_stage(
         batch_size: options.batch_size as usize,
         fetch_wait_ms: options.fetch_wait_ms,
     };
-    consume::run(consumer, db.clone(), pool.clone(), Arc::clone(reader), stop).await;
+    consume::run(
+        consumer,
+        db.clone(),
+        pool.clone(),
+        Arc::clone(reader),
+        mirror,
+        stop,
+    )
+    .await;
 }
 
 /// The server, when it runs.

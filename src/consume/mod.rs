@@ -13,9 +13,13 @@
 //! * [`writer`] drains the queue into batches, turns each record into a
 //!   history row or a dead letter, and commits them with the positions
 //!   (through [`crate::store`]).
+//! * [`mirror`] copies the positions the writer stored to Kafka's group
+//!   coordinator, for operators' tools; PostgreSQL stays the truth, and
+//!   the writer never waits for it.
 
 pub mod fetch;
 pub mod leases;
+pub mod mirror;
 pub mod writer;
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,6 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::StartFrom;
 use crate::db::{Database, DbError};
 use crate::kafka::KafkaError;
+use crate::kafka::group::GroupClient;
 use crate::store::StoreError;
 
 /// Fetched chunks waiting for the writer; a full queue pauses the readers.
@@ -72,15 +77,18 @@ impl From<deadpool_postgres::PoolError> for ConsumeError {
 }
 
 /// Consumes until `shutdown`: the current batch is committed or rolled back
-/// whole before this returns.
+/// whole before this returns. With a `mirror` client, the stored offsets
+/// are also committed to Kafka (see [`mirror`]).
 pub async fn run(
     settings: ConsumerSettings,
     db: Database,
     pool: Pool,
     kafka: Arc<Client>,
+    mirror: Option<GroupClient>,
     shutdown: CancellationToken,
 ) {
     let (owned_tx, mut owned_rx) = watch::channel(BTreeSet::new());
+    let (stored_tx, stored_rx) = watch::channel(mirror::Stored::default());
     let stop_leases = CancellationToken::new();
     let leases = AbortOnDropHandle::new(tokio::spawn(leases::run(
         db,
@@ -98,8 +106,20 @@ pub async fn run(
         pool.clone(),
         queue_rx,
         restart_tx,
+        stored_tx,
         shutdown.clone(),
     )));
+    let stop_mirror = CancellationToken::new();
+    let mirror = mirror.map(|client| {
+        AbortOnDropHandle::new(tokio::spawn(mirror::run(
+            client,
+            settings.clone(),
+            pool.clone(),
+            stored_rx,
+            owned_rx.clone(),
+            stop_mirror.clone(),
+        )))
+    });
 
     let mut readers: HashMap<i32, AbortOnDropHandle<()>> = HashMap::new();
     loop {
@@ -129,6 +149,12 @@ pub async fn run(
     drop(readers);
     drop(queue_tx);
     let _ = writer.await;
+    // The mirror's last round copies the last batch's offsets, while the
+    // partitions are still ours.
+    stop_mirror.cancel();
+    if let Some(mirror) = mirror {
+        let _ = mirror.await;
+    }
     // Partitions are released only once the last batch is settled.
     stop_leases.cancel();
     let _ = leases.await;

@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use rskafka::record::RecordAndOffset;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Work;
+use super::mirror::Stored;
 use super::{ConsumeError, ConsumerSettings};
 use crate::event::{self, Event};
 use crate::kafka::RecordMark;
@@ -21,12 +22,14 @@ use crate::retry::Backoff;
 use crate::store::{self, Batch, CommitError, DeadLetter, Mode, NewLog, Position, Row, Written};
 
 /// Drains the queue into batches and commits them until the queue closes or
-/// `shutdown` fires between two batches.
+/// `shutdown` fires between two batches. Each position it stores is
+/// published on `stored` (for the offset mirror, which it never waits for).
 pub(super) async fn run(
     settings: ConsumerSettings,
     pool: Pool,
     mut queue: mpsc::Receiver<Work>,
     restart: mpsc::Sender<i32>,
+    stored: watch::Sender<Stored>,
     shutdown: CancellationToken,
 ) {
     let mut carried: Option<Work> = None;
@@ -44,7 +47,7 @@ pub(super) async fn run(
         };
         let mut batch = match first {
             Work::NewLog(new_log) => {
-                if !start_new_log_with_retry(&settings, &pool, &new_log, &shutdown).await {
+                if !start_new_log_with_retry(&settings, &pool, &new_log, &stored, &shutdown).await {
                     return;
                 }
                 continue;
@@ -81,7 +84,7 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        match commit_with_retry(&settings, &pool, &batch, &shutdown).await {
+        match commit_with_retry(&settings, &pool, &batch, &stored, &shutdown).await {
             Committed::Yes => {}
             Committed::ShutDown => return,
             Committed::Stale(partitions) => {
@@ -149,6 +152,7 @@ async fn commit_with_retry(
     settings: &ConsumerSettings,
     pool: &Pool,
     batch: &Batch,
+    stored: &watch::Sender<Stored>,
     shutdown: &CancellationToken,
 ) -> Committed {
     let mut backoff = Backoff::standard();
@@ -167,6 +171,7 @@ async fn commit_with_retry(
                     dead_letters = written.dead_letters,
                     "batch committed"
                 );
+                stored.send_if_modified(|s| s.record(written.positions));
                 return if stale.is_empty() {
                     Committed::Yes
                 } else {
@@ -187,14 +192,14 @@ async fn commit_with_retry(
             }
             Err(CommitError::Data(reason)) if batch.len() > 1 => {
                 tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
-                return commit_one_by_one(settings, pool, &batch, shutdown).await;
+                return commit_one_by_one(settings, pool, &batch, stored, shutdown).await;
             }
             Err(CommitError::Data(reason)) if batch.is_empty() => {
                 tracing::warn!(%reason, "cannot store offsets; retrying");
             }
             Err(CommitError::Data(reason)) => {
                 let dead = rejected(&batch, &reason);
-                return Box::pin(commit_with_retry(settings, pool, &dead, shutdown)).await;
+                return Box::pin(commit_with_retry(settings, pool, &dead, stored, shutdown)).await;
             }
             // (A duplicate is only reported in Fresh mode, which `commit` retries.)
             Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
@@ -212,6 +217,7 @@ async fn commit_one_by_one(
     settings: &ConsumerSettings,
     pool: &Pool,
     batch: &Batch,
+    stored: &watch::Sender<Stored>,
     shutdown: &CancellationToken,
 ) -> Committed {
     let position = |partition: i32, log_epoch: i32, offset: i64| Position {
@@ -247,7 +253,7 @@ async fn commit_one_by_one(
         if single.positions.keys().any(|p| stale.contains(p)) {
             continue;
         }
-        match Box::pin(commit_with_retry(settings, pool, &single, shutdown)).await {
+        match Box::pin(commit_with_retry(settings, pool, &single, stored, shutdown)).await {
             Committed::Yes => {}
             Committed::ShutDown => return Committed::ShutDown,
             Committed::Stale(partitions) => stale.extend(partitions),
@@ -322,12 +328,16 @@ async fn start_new_log_with_retry(
     settings: &ConsumerSettings,
     pool: &Pool,
     new_log: &NewLog,
+    stored: &watch::Sender<Stored>,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::standard();
     loop {
         match start_new_log(settings, pool, new_log).await {
-            Ok(true) => return true,
+            Ok(true) => {
+                stored.send_if_modified(|s| s.record([(new_log.partition, new_log.restart_at)]));
+                return true;
+            }
             Ok(false) => {
                 tracing::info!(
                     partition = new_log.partition,

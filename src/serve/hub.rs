@@ -92,6 +92,7 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        metrics::gauge!("catlog_ws_clients").set(0.0);
         Self {
             tx,
             shared: RwLock::default(),

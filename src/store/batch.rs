@@ -96,12 +96,15 @@ impl Batch {
 }
 
 /// What a committed batch changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     /// History rows inserted (fewer than the batch's rows on a replay).
     pub events: u64,
     /// Dead letters inserted.
     pub dead_letters: u64,
+    /// The next offset now stored, per partition whose position the batch
+    /// moved (not those where a further position was stored already).
+    pub positions: BTreeMap<i32, i64>,
 }
 
 /// Why a batch did not commit.
@@ -211,6 +214,7 @@ ON CONFLICT (group_id, topic, partition) DO UPDATE
         last_event_id = EXCLUDED.last_event_id,
         updated_at = now()
     WHERE co.log_epoch = EXCLUDED.log_epoch AND co.next_offset <= EXCLUDED.next_offset
+RETURNING partition, next_offset
 "#;
 
 /// How a batch treats records that may already be stored.
@@ -277,12 +281,16 @@ pub async fn write(
         let times: Vec<Option<DateTime<Utc>>> = positions.clone().map(|p| p.last.map(|m| m.time)).collect();
         let ids: Vec<Option<Uuid>> = positions.map(|p| p.last.and_then(|m| m.event_id)).collect();
         let statement = tx.prepare_cached(SAVE_POSITIONS).await.map_err(classify)?;
-        tx.execute(
-            &statement,
-            &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
-        )
-        .await
-        .map_err(classify)?;
+        written.positions = tx
+            .query(
+                &statement,
+                &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
+            )
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
     }
 
     if written.events > 0 || written.dead_letters > 0 {

@@ -11,6 +11,7 @@ mod crash_safety;
 mod doctor;
 mod faults;
 mod monitoring;
+mod offset_mirror;
 mod pipeline;
 mod postgres_tls;
 mod retention;

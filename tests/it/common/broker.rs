@@ -197,6 +197,16 @@ impl Proxy {
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
+
+    /// From now on, a connection that sends a request with one of these API
+    /// keys is closed before the request reaches the broker (say, the group
+    /// coordinator's: FindCoordinator 10, OffsetCommit 8); other requests
+    /// pass. An empty list lets everything through again.
+    pub fn block_apis(&self, keys: &[i16]) {
+        let mut blocked = self.state.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        blocked.clear();
+        blocked.extend(keys);
+    }
 }
 
 async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {

@@ -6,6 +6,7 @@
 //! service fails the test with a message saying how to start it.
 
 pub mod broker;
+pub mod kafkajs;
 pub mod stack;
 
 use std::collections::BTreeMap;

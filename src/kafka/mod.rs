@@ -1,4 +1,11 @@
 //! The broker: connecting, creating the topic, choosing a partition.
+//!
+//! Records travel through rskafka. The consumer-group APIs, which rskafka
+//! lacks, are in [`group`] (the offset mirror's client), over connections of
+//! its own (`wire`) with the same SASL and TLS settings.
+
+pub mod group;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
