@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
+use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -27,6 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 
 use super::KafkaError;
+pub use super::group_error::{GroupError, Result};
 use super::wire::{Connection, Security, api_name};
 use crate::config::KafkaArgs;
 
@@ -38,80 +39,6 @@ const OFFSET_COMMIT: std::ops::RangeInclusive<i16> = 2..=9;
 const OFFSET_FETCH: std::ops::RangeInclusive<i16> = 1..=7;
 /// Stored beside each committed offset, for whoever wonders where it came from.
 const COMMIT_METADATA: &str = "catlog-live: mirrored from PostgreSQL";
-
-/// Errors talking to the group coordinator.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    /// A bad `KAFKA_*` setting (the message says which).
-    #[error("{0}")]
-    Config(String),
-    #[error(
-        "cannot reach the Kafka broker at {broker} (KAFKA_BROKER): {reason}; start a broker or fix KAFKA_BROKER"
-    )]
-    Unreachable { broker: String, reason: String },
-    #[error(
-        "TLS with the Kafka broker at {broker} failed (KAFKA_TLS): {reason}; check KAFKA_TLS_CA_FILE, or set KAFKA_TLS=false for a plaintext listener"
-    )]
-    Tls { broker: String, reason: String },
-    #[error(
-        "SASL {mechanism} with the Kafka broker at {broker} failed: {reason}; check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-    )]
-    Sasl {
-        broker: String,
-        mechanism: &'static str,
-        reason: String,
-    },
-    #[error(
-        "the Kafka broker at {broker} supports {api} versions {theirs}, we need one of {ours}: use a broker with consumer groups (Kafka 2.1 or later)"
-    )]
-    Unsupported {
-        broker: String,
-        api: String,
-        ours: String,
-        theirs: String,
-    },
-    #[error(
-        "{api} to the Kafka broker at {broker} failed: {source} (a broker that closes new connections may want TLS or SASL: see KAFKA_TLS and KAFKA_SASL_MECHANISM)"
-    )]
-    Io {
-        broker: String,
-        api: String,
-        source: std::io::Error,
-    },
-    #[error("the Kafka broker at {broker} answered {api} with something unreadable: {reason}")]
-    Protocol {
-        broker: String,
-        api: String,
-        reason: String,
-    },
-    #[error(
-        "the Kafka broker at {broker} found no coordinator for group {group:?} (CONSUMER_GROUP_ID): {error}"
-    )]
-    NoCoordinator {
-        broker: String,
-        group: String,
-        error: ResponseError,
-    },
-    #[error(
-        "the coordinator of group {group:?} (CONSUMER_GROUP_ID) at {broker} refused {api} for {what}: {error}"
-    )]
-    Refused {
-        broker: String,
-        group: String,
-        api: String,
-        what: String,
-        error: ResponseError,
-    },
-}
-
-impl From<KafkaError> for GroupError {
-    fn from(error: KafkaError) -> Self {
-        Self::Config(error.to_string())
-    }
-}
-
-/// Result with [`GroupError`].
-pub type Result<T, E = GroupError> = std::result::Result<T, E>;
 
 /// Commits and fetches one group's offsets without joining the group.
 /// Keeps its connection to the coordinator; after any error the next call

@@ -5,6 +5,7 @@
 //! its own (`wire`) with the same SASL and TLS settings.
 
 pub mod group;
+mod group_error;
 mod wire;
 
 use std::sync::Arc;

@@ -25,7 +25,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::group::{GroupError, Result};
+use super::group_error::{GroupError, Result};
 use crate::config::{KafkaArgs, SaslMechanism};
 
 /// How we name ourselves to the broker.
