@@ -13,19 +13,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, catlog, start_all, unique};
+use common::{Proc, TestDb, catlog, free_port, start_all, unique};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// chromedriver listening on `port`.
 fn chromedriver(port: u16) -> Proc {

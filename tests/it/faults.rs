@@ -143,11 +143,7 @@ async fn broker_killed_mid_load_and_restarted_empty_loses_no_later_event() {
     let mut broker = OwnBroker::start();
     let db = TestDb::new();
     let topic = unique("catlog-restart");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut producer = Proc::spawn(on(&broker, &["produce", "--rate", "150"], &topic, &db), "produce");
     let consumer = Proc::spawn(on(&broker, &["consume"], &topic, &db), "consume");
     let mut serve = on(&broker, &["serve"], &topic, &db);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, start_all, unique};
+use common::{Proc, TestDb, free_port, start_all, unique};
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
 
@@ -160,13 +160,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> String {
     );
     assert!(output.status.success(), "promtool {args:?} failed:\n{text}");
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// A Prometheus of the test's own: its own data directory and port; killed,

@@ -8,13 +8,11 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::OwnBroker;
 use common::kafkajs::{GroupView, read_group};
-use common::{Proc, TestDb, TestTopic, catlog, unique, wait_until};
-use rskafka::client::ClientBuilder;
+use common::{Proc, TestDb, TestTopic, catlog, free_port, wait_until};
 
 const GROUP: &str = "catlog-live";
 const HISTORY: &str = "SELECT count(*) FROM popularity_events";
@@ -28,30 +26,7 @@ const OFFSET_COMMIT: i16 = 8;
 
 /// A fresh topic on the test's own broker.
 async fn topic_on(broker: &OwnBroker, partitions: i32) -> TestTopic {
-    let client = ClientBuilder::new(vec![broker.addr.clone()])
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the broker at {}: {e}", broker.addr));
-    let name = unique("catlog-mirror");
-    client
-        .controller_client()
-        .unwrap()
-        .create_topic(&name, partitions, 1, 5_000)
-        .await
-        .unwrap();
-    TestTopic {
-        name,
-        partitions,
-        client: Arc::new(client),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TestTopic::on(&broker.addr, partitions).await
 }
 
 /// `consume` on the test's broker, with its metrics at `metrics_port`.

@@ -400,11 +400,7 @@ async fn a_standalone_consumer_exposes_its_metrics() {
         .map(|v| (Some(b"1".to_vec()), Some(v.as_bytes().to_vec())))
         .collect();
     topic.publish_raw(0, records).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut cmd = catlog(&["consume"], &topic.name, &db.url);
     cmd.env("METRICS_ADDR", format!("127.0.0.1:{port}"));
     let consumer = Proc::spawn(cmd, "consume");

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream as TokioStream};
 use tokio::sync::watch;
 
-use super::Proc;
+use super::{Proc, free_port};
 
 fn tansu() -> PathBuf {
     if let Some(path) = std::env::var_os("CATLOG_TEST_TANSU") {
@@ -39,13 +39,6 @@ fn tansu() -> PathBuf {
              (it installs one), or set CATLOG_TEST_TANSU=/path/to/tansu"
         )
     })
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 fn answers(port: u16) -> bool {

@@ -47,6 +47,14 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// A unique name with a prefix, for topics, databases and groups.
 pub fn unique(prefix: &str) -> String {
     let n: u32 = rand::rng().random();
@@ -150,8 +158,12 @@ pub struct TestTopic {
 impl TestTopic {
     /// Creates a fresh topic with `partitions` partitions.
     pub async fn new(partitions: i32) -> Self {
-        let broker = broker();
-        let client = ClientBuilder::new(vec![broker.clone()])
+        Self::on(&broker(), partitions).await
+    }
+
+    /// Creates a fresh topic on the broker at `broker`.
+    pub async fn on(broker: &str, partitions: i32) -> Self {
+        let client = ClientBuilder::new(vec![broker.to_owned()])
             .build()
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the broker at {broker}: {e}"));
