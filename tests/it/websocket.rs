@@ -321,6 +321,59 @@ async fn a_client_that_never_reads_does_not_delay_another() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_for_a_while_catches_up_in_order() {
+    let stack = Stack::start(2, Duration::from_secs(30)).await;
+    // A small receive buffer, so the server's writes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(stack.addr).await.unwrap();
+    let (mut paused, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", stack.addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let snapshot = next_of(&mut paused, "snapshot", WAIT).await;
+    let mut covered = snapshot["lastId"].as_i64().unwrap();
+
+    // Far more than its socket holds, while it reads nothing.
+    stack.topic.publish_simulated(30_000, 11).await;
+    stack.wait_until_served(30_000).await;
+    let newest = stack.db.count("SELECT max(id) FROM popularity_events").await;
+
+    // Reading again: whole frames, updates in order, and if it fell too far
+    // behind, a resync and a snapshot that covers what it missed.
+    let (mut updates, mut resyncs) = (0, 0);
+    while covered < newest {
+        let message = next_json(&mut paused, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") => {
+                let id = message["id"].as_i64().unwrap();
+                assert!(id > covered, "update {id} after {covered}: out of order");
+                covered = id;
+                updates += 1;
+            }
+            Some("resync") => {
+                resyncs += 1;
+                let snapshot = next_json(&mut paused, WAIT).await;
+                assert_eq!(
+                    snapshot["type"], "snapshot",
+                    "a snapshot follows a resync: {snapshot}"
+                );
+                covered = covered.max(snapshot["lastId"].as_i64().unwrap());
+            }
+            _ => {}
+        }
+    }
+    eprintln!("a paused client read on: {updates} updates, {resyncs} resyncs, up to the newest row");
+
+    // And it is served as usual afterwards.
+    stack.topic.publish_simulated(1, 12).await;
+    let update = next_of(&mut paused, "update", WAIT).await;
+    assert!(update["id"].as_i64().unwrap() > newest);
+}
+
+#[tokio::test]
 async fn malformed_and_oversized_messages_get_an_error_and_the_connection_carries_on() {
     let (stack, mut ws) = bebop_and_a_client().await;
 
