@@ -1,5 +1,6 @@
 //! The consumer-group side of the broker, which rskafka does not speak:
-//! committing and fetching a group's offsets as a *standalone* consumer.
+//! committing a group's offsets as a *standalone* consumer (and, in the tests,
+//! fetching them back).
 //!
 //! `consume` keeps its offsets in PostgreSQL (see [`crate::store`]); this
 //! client copies them to Kafka's group coordinator so that operators' tools
@@ -17,13 +18,14 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::error::ParseResponseErrorCode;
+#[cfg(test)]
+use kafka_protocol::messages::OffsetFetchRequest;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+#[cfg(test)]
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
-use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
-};
+use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, OffsetCommitRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
 use super::KafkaError;
@@ -36,6 +38,7 @@ const FIND_COORDINATOR: std::ops::RangeInclusive<i16> = 0..=6;
 /// `OffsetCommit` versions we send (10 names topics by id).
 const OFFSET_COMMIT: std::ops::RangeInclusive<i16> = 2..=9;
 /// `OffsetFetch` versions we send (8 batches groups).
+#[cfg(test)]
 const OFFSET_FETCH: std::ops::RangeInclusive<i16> = 1..=7;
 /// Stored beside each committed offset, for whoever wonders where it came from.
 const COMMIT_METADATA: &str = "catlog-live: mirrored from PostgreSQL";
@@ -85,7 +88,9 @@ impl GroupClient {
     }
 
     /// The group's committed offsets on `partitions` of `topic`; a partition
-    /// without one is left out.
+    /// without one is left out. (The mirror only commits; this reads back
+    /// what it committed, in the tests.)
+    #[cfg(test)]
     pub async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
         let result = self.try_fetch(topic, partitions).await;
         if result.is_err() {
@@ -140,6 +145,7 @@ impl GroupClient {
         }
     }
 
+    #[cfg(test)]
     async fn try_fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
         let group = self.group.clone();
         let coordinator = self.coordinator().await?;

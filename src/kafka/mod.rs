@@ -101,6 +101,20 @@ async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Cl
 }
 
 fn sasl_config(args: &KafkaArgs) -> Result<Option<SaslConfig>> {
+    let Some((mechanism, username, password)) = sasl_credentials(args)? else {
+        return Ok(None);
+    };
+    let credentials = Credentials::new(username.to_owned(), password.to_owned());
+    Ok(Some(match mechanism {
+        SaslMechanism::Plain => SaslConfig::Plain(credentials),
+        SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+        SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+    }))
+}
+
+/// The SASL mechanism and credentials `args` set, checked: the mechanism
+/// needs both a user name and a password.
+fn sasl_credentials(args: &KafkaArgs) -> Result<Option<(SaslMechanism, &str, &str)>> {
     let Some(mechanism) = args.sasl_mechanism else {
         return Ok(None);
     };
@@ -109,12 +123,7 @@ fn sasl_config(args: &KafkaArgs) -> Result<Option<SaslConfig>> {
             "KAFKA_SASL_MECHANISM needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".into(),
         ));
     };
-    let credentials = Credentials::new(username.clone(), password.clone());
-    Ok(Some(match mechanism {
-        SaslMechanism::Plain => SaslConfig::Plain(credentials),
-        SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-        SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-    }))
+    Ok(Some((mechanism, username, password)))
 }
 
 /// TLS trusting the public web roots and, if given, the CAs of a PEM file.
@@ -324,72 +333,12 @@ pub async fn end_offset(partition: &PartitionClient) -> Result<i64> {
 /// What a broker says it supports: (API key, lowest version, highest version).
 pub type ApiVersions = Vec<(i16, i16, i16)>;
 
-/// Asks one broker (`host:port`, plaintext) for its API versions with an
-/// `ApiVersions` v0 request, which every Kafka-protocol broker answers.
-pub async fn api_versions(broker: &str) -> std::io::Result<ApiVersions> {
-    use std::io::{Error, ErrorKind};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    const API_VERSIONS: i16 = 18;
-    const CORRELATION: i32 = 0x0ca7_1065;
-    let client_id = b"catlog-live";
-    let mut request = Vec::new();
-    request.extend_from_slice(&API_VERSIONS.to_be_bytes());
-    request.extend_from_slice(&0i16.to_be_bytes());
-    request.extend_from_slice(&CORRELATION.to_be_bytes());
-    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    request.extend_from_slice(client_id);
-
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(broker).await?;
-        stream.write_all(&(request.len() as i32).to_be_bytes()).await?;
-        stream.write_all(&request).await?;
-        let size = stream.read_i32().await?;
-        if !(10..=1_048_576).contains(&size) {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                format!("implausible response size {size}"),
-            ));
-        }
-        let mut body = vec![0; size as usize];
-        stream.read_exact(&mut body).await?;
-        Ok::<_, Error>(body)
-    };
-    let body = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer within 5 s"))??;
-
-    let short = || Error::new(ErrorKind::InvalidData, "short ApiVersions response");
-    let i16_at = |at: usize| {
-        body.get(at..at + 2)
-            .map(|b| i16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(short)
-    };
-    let i32_at = |at: usize| {
-        body.get(at..at + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(short)
-    };
-    if i32_at(0)? != CORRELATION {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            "ApiVersions answer to another request",
-        ));
-    }
-    let error = i16_at(4)?;
-    if error != 0 {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("ApiVersions error code {error}"),
-        ));
-    }
-    let count = i32_at(6)?.clamp(0, 1000) as usize;
-    (0..count)
-        .map(|i| {
-            let at = 10 + i * 6;
-            Ok((i16_at(at)?, i16_at(at + 2)?, i16_at(at + 4)?))
-        })
-        .collect()
+/// Asks one broker (`host:port`, plaintext, before any authentication) for
+/// its API versions with an `ApiVersions` v0 request, which every
+/// Kafka-protocol broker answers.
+pub async fn api_versions(broker: &str) -> std::result::Result<ApiVersions, group::GroupError> {
+    let connection = wire::Connection::open(broker, &wire::Security::plaintext()).await?;
+    Ok(connection.versions())
 }
 
 /// Whether an error says the requested offset is outside what the broker holds.

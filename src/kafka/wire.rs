@@ -69,23 +69,20 @@ impl Security {
         } else {
             None
         };
-        let sasl = match args.sasl_mechanism {
-            None => None,
-            Some(mechanism) => {
-                let (Some(username), Some(password)) = (&args.sasl_username, &args.sasl_password) else {
-                    return Err(super::KafkaError::Config(
-                        "KAFKA_SASL_MECHANISM needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".into(),
-                    )
-                    .into());
-                };
-                Some(Sasl {
-                    mechanism,
-                    username: username.clone(),
-                    password: password.clone(),
-                })
-            }
-        };
+        let sasl = super::sasl_credentials(args)?.map(|(mechanism, username, password)| Sasl {
+            mechanism,
+            username: username.to_owned(),
+            password: password.to_owned(),
+        });
         Ok(Self { tls, sasl })
+    }
+
+    /// No TLS, no SASL.
+    pub(crate) fn plaintext() -> Self {
+        Self {
+            tls: None,
+            sasl: None,
+        }
     }
 }
 
@@ -141,6 +138,17 @@ impl Connection {
             connection.authenticate(sasl).await?;
         }
         Ok(connection)
+    }
+
+    /// What the broker supports: (API key, lowest, highest version), by key.
+    pub(crate) fn versions(&self) -> Vec<(i16, i16, i16)> {
+        let mut versions: Vec<_> = self
+            .versions
+            .iter()
+            .map(|(&key, &(min, max))| (key, min, max))
+            .collect();
+        versions.sort_unstable();
+        versions
     }
 
     /// `host:port` of the broker.

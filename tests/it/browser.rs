@@ -8,12 +8,11 @@
 
 use crate::common;
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, catlog, free_port, start_all, unique};
+use common::{Proc, TestDb, catlog, free_port, start_all, unique, which};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -27,24 +26,16 @@ fn chromedriver(port: u16) -> Proc {
     let mut cmd = Command::new(path);
     cmd.arg(format!("--port={port}")).stdin(Stdio::null());
     let proc = Proc::spawn(cmd, "chromedriver");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not start:\n{}",
-            proc.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    proc.wait_for_port(port, Duration::from_secs(20));
     proc
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.is_file())
+/// A headless Chromium of the test's own, and the chromedriver driving it
+/// (which must live as long as the browser is used).
+async fn open_browser() -> (Proc, Client) {
+    let port = free_port();
+    let driver = chromedriver(port);
+    (driver, browser(port).await)
 }
 
 async fn browser(driver_port: u16) -> Client {
@@ -151,9 +142,7 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
     )
     .await;
 
-    let port = free_port();
-    let driver = chromedriver(port);
-    let client = browser(port).await;
+    let (driver, client) = open_browser().await;
     client.goto(&url).await.unwrap();
 
     wait_js(
@@ -275,9 +264,7 @@ async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back(
     let topic = unique("catlog-stale");
     // The page first, on a pipeline that produces nothing itself…
     let (_app, url) = start_all(&topic, &db, &[("PRODUCER_MAX_EVENTS", "0")]).await;
-    let port = free_port();
-    let _driver = chromedriver(port);
-    let client = browser(port).await;
+    let (_driver, client) = open_browser().await;
     client.goto(&url).await.unwrap();
     wait_js(
         &client,
@@ -338,9 +325,7 @@ async fn on_a_phone_trending_is_one_tap_away_and_everything_can_be_tapped() {
         &[("PRODUCER_INTERVAL_MS", "250"), ("PRODUCER_SEED", "3")],
     )
     .await;
-    let port = free_port();
-    let _driver = chromedriver(port);
-    let client = browser(port).await;
+    let (_driver, client) = open_browser().await;
     client.set_window_size(390, 844).await.unwrap();
     client.goto(&url).await.unwrap();
     wait_js(
@@ -412,9 +397,7 @@ async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
     let topic = unique("catlog-first-minute");
     // The demo as a new user runs it: one event a second.
     let (_app, url) = start_all(&topic, &db, &[("PRODUCER_SEED", "1")]).await;
-    let port = free_port();
-    let _driver = chromedriver(port);
-    let client = browser(port).await;
+    let (_driver, client) = open_browser().await;
     client.set_window_size(1366, 900).await.unwrap();
     client.goto(&url).await.unwrap();
     // A person looks for a moment, then follows what is on top for a reason
@@ -509,9 +492,7 @@ async fn a_movement_arrow_appears_in_the_trending_list() {
         &[("PRODUCER_INTERVAL_MS", "100"), ("PRODUCER_SEED", "5")],
     )
     .await;
-    let port = free_port();
-    let _driver = chromedriver(port);
-    let client = browser(port).await;
+    let (_driver, client) = open_browser().await;
     client.goto(&url).await.unwrap();
     let started = Instant::now();
     wait_js_for(

@@ -9,9 +9,7 @@ use clap::CommandFactory;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn compose() -> Yaml {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml");
-    let text = std::fs::read_to_string(path).unwrap();
-    YamlLoader::load_from_str(&text).unwrap().remove(0)
+    read_yaml("docker-compose.yml")
 }
 
 fn service<'a>(doc: &'a Yaml, name: &str) -> &'a Yaml {

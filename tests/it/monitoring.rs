@@ -10,12 +10,11 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, free_port, start_all, unique};
+use common::{Proc, TestDb, free_port, start_all, unique, which};
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
 
@@ -117,15 +116,6 @@ fn substitute(expr: &str, dashboard: &Value) -> String {
     out
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()))
-}
-
 fn prometheus_tool(name: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
         panic!(
@@ -190,15 +180,7 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null());
         let process = Proc::spawn(cmd, "prometheus");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not start:\n{}",
-                process.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        process.wait_for_port(port, WAIT);
         Self {
             url: format!("http://127.0.0.1:{port}"),
             dir,

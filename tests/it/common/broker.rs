@@ -8,7 +8,7 @@
 //! `tansu` on `PATH`, or the copy `scripts/test` installs.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,17 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream as TokioStream};
 use tokio::sync::watch;
 
-use super::{Proc, free_port};
+use super::{Proc, free_port, port_answers, which};
 
 fn tansu() -> PathBuf {
     if let Some(path) = std::env::var_os("CATLOG_TEST_TANSU") {
         return PathBuf::from(path);
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("tansu"))
-            .find(|p| p.is_file())
-    });
+    let on_path = which("tansu");
     let cached = std::env::var_os("HOME")
         .map(|home| PathBuf::from(home).join(".cache/catlog-live/bin/tansu"))
         .filter(|p| p.is_file());
@@ -39,14 +35,6 @@ fn tansu() -> PathBuf {
              (it installs one), or set CATLOG_TEST_TANSU=/path/to/tansu"
         )
     })
-}
-
-fn answers(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
 }
 
 /// A tansu broker of the test's own behind a proxy; stopped when dropped.
@@ -80,7 +68,7 @@ impl OwnBroker {
             process.kill_hard();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while answers(self.port) {
+        while port_answers(self.port) {
             assert!(
                 Instant::now() < deadline,
                 "the broker's port stays open after kill"
@@ -104,15 +92,7 @@ impl OwnBroker {
         ])
         .stdin(Stdio::null());
         let process = Proc::spawn(cmd, "tansu");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !answers(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start:\n{}",
-                process.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        process.wait_for_port(self.port, Duration::from_secs(20));
         self.process = Some(process);
     }
 }

@@ -55,6 +55,25 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Whether something accepts connections on 127.0.0.1:`port`.
+pub fn port_answers(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A program on `PATH` (or in /usr/bin, where Debian installs it).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()))
+}
+
 /// A unique name with a prefix, for topics, databases and groups.
 pub fn unique(prefix: &str) -> String {
     let n: u32 = rand::rng().random();
@@ -345,6 +364,7 @@ pub async fn start_all(topic: &str, db: &TestDb, env: &[(&str, &str)]) -> (Proc,
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
+    name: String,
 }
 
 /// A command for the binary with the test's broker, topic and database.
@@ -369,7 +389,26 @@ impl Proc {
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap();
-        Self { child, log }
+        Self {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Waits until something answers on 127.0.0.1:`port` (the process is
+    /// up), failing with its output after `within`.
+    pub fn wait_for_port(&self, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !port_answers(port) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What it has logged so far.
