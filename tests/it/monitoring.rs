@@ -188,6 +188,25 @@ impl Prometheus {
         }
     }
 
+    /// Waits until Prometheus says it is ready: its port opens before its
+    /// storage is, and until then every query gets a plain-text 503.
+    async fn wait_ready(&self) {
+        let url = format!("{}/-/ready", self.url);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = reqwest::get(&url).await;
+            if answer.as_ref().is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus not ready after {WAIT:?} ({answer:?}):\n{}",
+                self.process.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// An instant query: Prometheus's whole JSON answer.
     async fn query(&self, expr: &str) -> Value {
         let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.url), &[("query", expr)])
@@ -195,10 +214,10 @@ impl Prometheus {
         let response = reqwest::get(url)
             .await
             .unwrap_or_else(|e| panic!("prometheus: {e}"));
-        response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("prometheus answer: {e}"))
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus answered {status} without JSON ({e}): {body}"))
     }
 }
 
@@ -315,6 +334,7 @@ async fn prometheus_scrapes_all_and_every_dashboard_query_returns_data() {
 
     let target = url.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(&target);
+    prometheus.wait_ready().await;
     let scraper = &prometheus;
     common::wait_until(
         WAIT,
