@@ -38,6 +38,10 @@ pub enum Broadcast {
     Anime { mal_id: i32, frame: Frame },
     /// Several at once, in order.
     Batch(Arc<[Broadcast]>),
+    /// Time to ping every client (and to drop the silent ones).
+    Heartbeat,
+    /// The server is stopping: every connection closes.
+    Closing,
 }
 
 #[derive(Debug, Default)]

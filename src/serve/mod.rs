@@ -88,6 +88,7 @@ pub async fn run(
     let follower = follow::Follower::start(settings.follow, pool.clone(), kafka, Arc::clone(&hub)).await?;
     let following = AbortOnDropHandle::new(tokio::spawn(follower.run(db, shutdown.clone())));
     let sockets = TaskTracker::new();
+    let beating = AbortOnDropHandle::new(tokio::spawn(ws::heartbeat(Arc::clone(&hub), shutdown.clone())));
     let app = App {
         hub,
         pool,
@@ -98,6 +99,7 @@ pub async fn run(
     let routes = routes::routes(app, shutdown.clone());
     server::run(listener, routes, sockets, shutdown).await;
     let _ = following.await;
+    let _ = beating.await;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! write that completes at once (the usual case) arms no timer, and only
 //! one that has to wait races a deadline (a client that stops reading is
 //! dropped); sends are counted here and published to the metrics now and
-//! then.
+//! then; pings and the server's stop come through the same broadcasts
+//! ([`heartbeat`]), so a connection waits on two things only: the hub and
+//! its socket.
 
 use std::collections::HashSet;
 use std::io::IoSlice;
@@ -62,6 +64,10 @@ struct Peer {
     /// The client pinged: tungstenite owes it a pong, which must be out
     /// before a frame of ours starts.
     owes_pong: bool,
+    /// When the client last sent anything (a pong, a message).
+    heard: Instant,
+    /// The server stops, or the client went silent: close.
+    closing: bool,
 }
 
 /// Why a connection ends.
@@ -96,6 +102,15 @@ impl Peer {
             Broadcast::Anime { .. } => {}
             Broadcast::Trending(frame) | Broadcast::Stats(frame) => self.send(frame.clone()),
             Broadcast::Batch(all) => all.iter().for_each(|b| self.on_broadcast(b)),
+            Broadcast::Heartbeat if self.heard.elapsed() > DEAD_AFTER => {
+                tracing::info!("client silent for {}s; closing", DEAD_AFTER.as_secs());
+                self.closing = true;
+            }
+            Broadcast::Heartbeat => {
+                self.publish_counts();
+                self.send(Frame::ping());
+            }
+            Broadcast::Closing => self.closing = true,
         }
     }
 
@@ -301,28 +316,27 @@ pub async fn run(
         out: Vec::new(),
         unpublished: 0,
         owes_pong: false,
+        heard: Instant::now(),
+        closing: false,
     };
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    let mut heard = Instant::now();
-
     peer.snapshot();
     let stats = ServerMessage::Stats(peer.hub.stats());
     peer.send_json(stats);
     let mut result = peer.write_out().await;
-    // Registered once: a fresh wait per loop would take the token's lock.
-    let mut stopped = pin!(shutdown.cancelled());
-    while result.is_ok() {
+    // Pings and the server's stop come as broadcasts (one timer for the
+    // process, not one per connection); a stop that came before this
+    // connection subscribed is seen here.
+    peer.closing |= shutdown.is_cancelled();
+    while result.is_ok() && !peer.closing {
         result = tokio::select! {
             // In this order, without drawing a random one each time.
             biased;
-            _ = &mut stopped => Err(Closed),
             received = broadcasts.recv() => match received {
                 Ok(broadcast) => {
                     peer.on_broadcast(&broadcast);
                     // Whatever else is ready goes in the same burst.
                     let mut lagged = None;
-                    while peer.out.len() < MAX_BURST {
+                    while peer.out.len() < MAX_BURST && !peer.closing {
                         match broadcasts.try_recv() {
                             Ok(broadcast) => peer.on_broadcast(&broadcast),
                             Err(TryRecvError::Lagged(missed)) => {
@@ -335,7 +349,7 @@ pub async fn run(
                     if let Some(missed) = lagged {
                         peer.coalesce(missed);
                     }
-                    peer.write_out().await
+                    if peer.closing { Ok(()) } else { peer.write_out().await }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     peer.coalesce(missed);
@@ -345,7 +359,7 @@ pub async fn run(
             },
             frame = peer.socket.next() => match frame {
                 Some(Ok(frame)) => {
-                    heard = Instant::now();
+                    peer.heard = Instant::now();
                     match peer.on_frame(frame).await {
                         Ok(()) => peer.write_out().await,
                         Err(closed) => Err(closed),
@@ -353,16 +367,6 @@ pub async fn run(
                 }
                 _ => Err(Closed),
             },
-            _ = ping.tick() => {
-                if heard.elapsed() > DEAD_AFTER {
-                    tracing::info!("client silent for {}s; closing", DEAD_AFTER.as_secs());
-                    Err(Closed)
-                } else {
-                    peer.publish_counts();
-                    peer.send(Frame::ping());
-                    peer.write_out().await
-                }
-            }
         };
     }
     peer.publish_counts();
@@ -371,6 +375,20 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(None)).await;
     drop(connection);
+}
+
+/// The process's one heartbeat: a ping for every client each
+/// [`PING_EVERY`], and [`Broadcast::Closing`] once `shutdown` comes.
+pub async fn heartbeat(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ping.tick() => hub.send(Broadcast::Heartbeat),
+        }
+    }
+    hub.send(Broadcast::Closing);
 }
 
 /// Writes `frames` whole, as few writes as the socket allows.

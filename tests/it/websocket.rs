@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use catlog_live::pipeline::Settings;
 use common::stack::{Running, Stack, Ws, next_json, next_of, send, settings};
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -399,4 +399,62 @@ async fn malformed_and_oversized_messages_get_an_error_and_the_connection_carrie
     send(&mut ws, json!({"type": "subscribe", "malId": 1})).await;
     assert_eq!(next_of(&mut ws, "anime", WAIT).await["malId"], 1);
     assert_eq!(stack.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn every_client_is_pinged_and_a_stopping_server_closes_them() {
+    let stack = bebop_stack().await;
+    let mut first = stack.ws().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut second = stack.ws().await;
+
+    // Pings every 15 s: each client, whenever it connected, gets one within
+    // that time (plus slack), and the connection carries on after it.
+    for (name, ws) in [("first", &mut first), ("second", &mut second)] {
+        let started = Instant::now();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(25), ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("the {name} client was not pinged within 25 s"))
+                .expect("the connection stays open")
+                .expect("a valid frame");
+            if matches!(frame, Message::Ping(_)) {
+                eprintln!(
+                    "{name} client pinged {:?} after it started waiting",
+                    started.elapsed()
+                );
+                break;
+            }
+        }
+    }
+    stack
+        .topic
+        .publish_raw(
+            0,
+            vec![score_event(5114, "Fullmetal Alchemist: Brotherhood", "9.10")],
+        )
+        .await;
+    for ws in [&mut first, &mut second] {
+        let update = next_of(ws, "update", WAIT).await;
+        assert_eq!(update["event"]["malId"], 5114);
+    }
+
+    // Stopping the server closes every connection (stop() itself fails
+    // unless the stages end within 10 s).
+    let stopping = tokio::spawn(stack.stop());
+    for ws in [&mut first, &mut second] {
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a client still open 10 s after the server began to stop"
+        );
+    }
+    stopping.await.unwrap();
 }
