@@ -24,6 +24,7 @@
 
 mod client;
 mod env;
+mod floor;
 mod procfs;
 mod report;
 
@@ -54,8 +55,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let mode = Mode::parse(std::env::args().skip(1))?;
     let (soft_before, limit) = raise_open_files().context("raising the open-file limit")?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let [mode, rest @ ..] = &args[..]
+        && mode == floor::WRITER
+    {
+        return floor::writer(rest).await;
+    }
+    let mode = Mode::parse(args.into_iter())?;
     let env = Env::from_environment(mode.bin())?;
     println!(
         "open-file limit of this process: {limit} (was {soft_before}); children inherit it; binary {}",
@@ -334,9 +341,16 @@ async fn fanout(o: &FanoutOptions, env: &Env, limit: u64, cleanup: &mut Cleanup)
         hwm,
         load_end,
     };
-    report.print(&load);
+    let us_per_msg = report.print(&load);
+
+    // The floor, with the same clients and frames, once serve's clients are gone.
+    let floor = floor::floor(o.clients, o.rate, FLOOR_SECONDS, o.concurrency).await?;
+    floor.print(us_per_msg);
     Ok(())
 }
+
+/// How long the floor writes.
+const FLOOR_SECONDS: u64 = 10;
 
 // ---- idle --------------------------------------------------------------------
 
