@@ -4,8 +4,8 @@
 //! write, no runtime, no tasks, no channel, no reading. What that thread
 //! spends per message is what the kernel asks on this machine for one
 //! write to one loopback socket (and, since loopback delivers in the
-//! sender's context, for the client's receive); no server that writes each
-//! message to each client can go below it here.
+//! sender's context, for the client's receive): a server that makes one
+//! write per message per client does not go below it here.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -60,7 +60,7 @@ impl Floor {
         println!(
             "floor         the plainest server (one thread, one blocking write per message, no runtime) \
              to the same {} clients for {:.0} s: {} messages, {:.2} µs of its CPU per message; \
-             latency p50 {} ms, p99 {} ms; serve's {serve_us:.2} µs is {:.2} × the floor, \
+             latency from its stamp p50 {} ms, p99 {} ms; serve's {serve_us:.2} µs is {:.2} × the floor, \
              {:.2} µs above it",
             self.clients,
             self.secs,

@@ -6,7 +6,9 @@
 //! latency is end to end: produce → Kafka → consume → PostgreSQL → NOTIFY →
 //! serve → socket → client. CPU and memory come from `/proc`, for `serve` and
 //! for everything else that shares the cores, because on a small box the load
-//! client competes with the server it measures.
+//! client competes with the server it measures. Then the same clients are fed
+//! by the plainest server there is ([`floor`]), the baseline `serve`'s CPU
+//! per message is printed against.
 //!
 //! `idle` measures the other end: how fast `catlog-live all` becomes ready
 //! and how much memory it holds doing nothing.
