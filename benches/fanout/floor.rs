@@ -253,7 +253,11 @@ pub(crate) async fn writer(args: &[String]) -> anyhow::Result<()> {
         .strip_prefix("go ")
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("expected `go N`, read {go:?}"))?;
+    let waiting = Instant::now();
     while accepted.lock().unwrap_or_else(|p| p.into_inner()).len() < expected {
+        if waiting.elapsed() > Duration::from_secs(60) {
+            bail!("{expected} clients connected, but fewer handshakes were done here within 60 s");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(accepting);
