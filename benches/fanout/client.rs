@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -67,6 +68,11 @@ pub(crate) struct Load {
 }
 
 impl Load {
+    /// Whether each of `n` clients has connected or failed.
+    pub(crate) fn all_tried(&self, n: usize) -> bool {
+        self.connected.load(Relaxed) + self.failed.load(Relaxed) >= n
+    }
+
     fn error(&self, text: String) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         *errors.entry(text).or_default() += 1;
@@ -291,9 +297,24 @@ async fn connect(source: Ipv4Addr, target: SocketAddr) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// Starts `n` clients of `target`, at most `concurrency` connecting at once.
+pub(crate) fn spawn_clients(
+    n: usize,
+    target: SocketAddr,
+    load: &Arc<Load>,
+    concurrency: usize,
+) -> JoinSet<()> {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut clients = JoinSet::new();
+    for index in 0..n {
+        clients.spawn(client(index, target, Arc::clone(load), Arc::clone(&permits)));
+    }
+    clients
+}
+
 /// One client: connects (holding a permit of the connect budget), then reads
 /// until the connection ends or the task is aborted.
-pub(crate) async fn client(index: usize, target: SocketAddr, load: Arc<Load>, permits: Arc<Semaphore>) {
+async fn client(index: usize, target: SocketAddr, load: Arc<Load>, permits: Arc<Semaphore>) {
     let source = Ipv4Addr::new(127, 0, 0, 2 + (index % SOURCES as usize) as u8);
     let attempt = {
         let Ok(_permit) = permits.acquire().await else {

@@ -15,14 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::{SecondsFormat, Utc};
+use catlog_live::event::{Event, Measure};
+use catlog_live::serve::frame::Frame;
+use catlog_live::serve::models::{ServerMessage, Update};
+use chrono::Utc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::client::{DONE, Load, MEASURING, client};
+use crate::client::{DONE, Load, MEASURING, spawn_clients};
 
 /// What the floor measured.
 pub(crate) struct Floor {
@@ -122,30 +124,19 @@ async fn accept(mut stream: tokio::net::TcpStream) -> std::io::Result<TcpStream>
     Ok(stream)
 }
 
-/// An unmasked WebSocket text frame holding `text`.
-fn text_frame(text: &str) -> Vec<u8> {
-    let len = text.len();
-    let mut frame = Vec::with_capacity(len + 10);
-    frame.push(0x81);
-    if len < 126 {
-        frame.push(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        frame.push(126);
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        frame.push(127);
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    frame.extend_from_slice(text.as_bytes());
-    frame
-}
-
-/// An `update` shaped like `serve`'s, stamped now.
-fn update(id: u64) -> String {
-    let stamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    format!(
-        r#"{{"type":"update","id":{id},"event":{{"malId":5114,"title":"Fullmetal Alchemist: Brotherhood","eventType":"MEMBER_UPDATE","currentScore":"9.10","members":3412881,"popularityChange":"+812","timestamp":"{stamp}"}}}}"#
-    )
+/// An `update` as `serve` encodes one (its own message type and frame
+/// encoder), stamped now.
+fn update(id: u64) -> Frame {
+    Frame::json(&ServerMessage::Update(Update {
+        id: id as i64,
+        event: Event {
+            mal_id: 5114,
+            title: "Fullmetal Alchemist: Brotherhood".into(),
+            measure: Measure::Members(3_412_881),
+            popularity_change: "+812".into(),
+            timestamp: Utc::now(),
+        },
+    }))
 }
 
 /// The argument that makes this program the floor's writer.
@@ -177,13 +168,9 @@ pub(crate) async fn floor(
         .with_context(|| format!("floor: the writer said {listening:?}"))?;
 
     let load = Arc::new(Load::default());
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = JoinSet::new();
-    for index in 0..clients {
-        tasks.spawn(client(index, addr, Arc::clone(&load), Arc::clone(&permits)));
-    }
+    let tasks = spawn_clients(clients, addr, &load, concurrency);
     let started = Instant::now();
-    while load.connected.load(Relaxed) + load.failed.load(Relaxed) < clients {
+    while !load.all_tried(clients) {
         if started.elapsed() > Duration::from_secs(120) {
             bail!("floor: clients not connected within 120 s");
         }
@@ -272,9 +259,9 @@ pub(crate) async fn writer(args: &[String]) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut written = 0;
         for round in 1..=rounds {
-            let frame = text_frame(&update(round));
+            let frame = update(round);
             for stream in &mut streams {
-                stream.write_all(&frame)?;
+                stream.write_all(frame.bytes())?;
                 written += 1;
             }
             let next = Duration::from_secs_f64(round as f64 / rate);

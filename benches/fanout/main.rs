@@ -37,10 +37,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use crate::client::{DONE, Load, MEASURING, SOURCES, client};
+use crate::client::{DONE, Load, MEASURING, SOURCES, spawn_clients};
 use crate::env::{Cleanup, Env, Fresh, connect_db, free_port, wait_ready};
 use crate::procfs::{CpuReading, cores, cpu_seconds, load_average, raise_open_files, status_kib};
 use crate::report::{Report, drained, fan_out, stored_latency};
@@ -240,14 +238,10 @@ async fn fanout(o: &FanoutOptions, env: &Env, limit: u64, cleanup: &mut Cleanup)
 
     // Connect.
     let load = Arc::new(Load::default());
-    let permits = Arc::new(Semaphore::new(o.concurrency));
-    let mut clients = JoinSet::new();
     let started = Instant::now();
-    for index in 0..o.clients {
-        clients.spawn(client(index, addr, Arc::clone(&load), Arc::clone(&permits)));
-    }
+    let clients = spawn_clients(o.clients, addr, &load, o.concurrency);
     let mut shown = Instant::now();
-    while load.connected.load(Relaxed) + load.failed.load(Relaxed) < o.clients {
+    while !load.all_tried(o.clients) {
         if shown.elapsed() >= Duration::from_secs(5) {
             eprintln!(
                 "connecting: {} connected, {} failed after {:.0} s",
@@ -343,11 +337,11 @@ async fn fanout(o: &FanoutOptions, env: &Env, limit: u64, cleanup: &mut Cleanup)
         hwm,
         load_end,
     };
-    let us_per_msg = report.print(&load);
+    report.print(&load);
 
     // The floor, with the same clients and frames, once serve's clients are gone.
     let floor = floor::floor(o.clients, o.rate, FLOOR_SECONDS, o.concurrency).await?;
-    floor.print(us_per_msg);
+    floor.print(report.us_per_message(&load));
     Ok(())
 }
 

@@ -132,8 +132,16 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    /// Prints every figure; `serve`'s CPU per delivered message.
-    pub(crate) fn print(&self, load: &Load) -> f64 {
+    /// `serve`'s CPU per delivered message, in µs.
+    pub(crate) fn us_per_message(&self, load: &Load) -> f64 {
+        let delivered = load.delivered.load(Relaxed);
+        if delivered == 0 {
+            return f64::NAN;
+        }
+        1e6 * (self.cpu_end.serve - self.cpu_start.serve) / delivered as f64
+    }
+
+    pub(crate) fn print(&self, load: &Load) {
         let delivered = load.delivered.load(Relaxed);
         let per_sec = delivered as f64 / self.secs;
         let expected = self.connected as u64 * self.updates;
@@ -145,11 +153,7 @@ impl Report {
         let cpu = |f: fn(&CpuReading) -> f64| f(&self.cpu_end) - f(&self.cpu_start);
         let pct = |seconds: f64| 100.0 * seconds / self.secs;
         let serve_cpu = cpu(|c| c.serve);
-        let us_per_msg = if delivered == 0 {
-            f64::NAN
-        } else {
-            1e6 * serve_cpu / delivered as f64
-        };
+        let us_per_msg = self.us_per_message(load);
         let kib_per_conn = if self.connected == 0 {
             f64::NAN
         } else {
@@ -281,6 +285,5 @@ impl Report {
             pct(client),
             self.load_end
         );
-        us_per_msg
     }
 }

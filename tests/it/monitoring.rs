@@ -192,19 +192,10 @@ impl Prometheus {
     /// storage is, and until then every query gets a plain-text 503.
     async fn wait_ready(&self) {
         let url = format!("{}/-/ready", self.url);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let answer = reqwest::get(&url).await;
-            if answer.as_ref().is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus not ready after {WAIT:?} ({answer:?}):\n{}",
-                self.process.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::wait_until(WAIT, "Prometheus to be ready (/-/ready)", || async {
+            reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
     }
 
     /// An instant query: Prometheus's whole JSON answer.
