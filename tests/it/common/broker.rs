@@ -51,7 +51,7 @@ impl OwnBroker {
     /// Starts a new, empty broker.
     pub fn start() -> Self {
         let port = free_port();
-        let proxy = Proxy::start(port);
+        let proxy = Proxy::kafka(port);
         let mut broker = Self {
             addr: proxy.addr.clone(),
             proxy,
@@ -97,10 +97,17 @@ impl OwnBroker {
     }
 }
 
-/// A TCP proxy on its own thread: it forwards connections to the broker,
-/// and can cut every connection (open and new) and let them through again.
-/// It reads the Kafka requests it forwards, so it can also refuse chosen
-/// APIs (say, the group coordinator's) while passing the rest.
+/// A TCP proxy on its own thread: it forwards connections to a server (the
+/// broker, or PostgreSQL), and can cut every connection (open and new), let
+/// them through again, or *freeze* them: keep every connection open, accept
+/// new ones, and forward nothing until [`Proxy::thaw`] — what a peer in a
+/// stop-the-world pause, a firewall that drops a flow without a reset, or a
+/// network partition looks like. On thaw what was held is forwarded, as TCP
+/// does once a partition heals.
+///
+/// In front of a broker ([`Proxy::kafka`]) it reads the Kafka requests it
+/// forwards, so it can also refuse chosen APIs (say, the group
+/// coordinator's) while passing the rest; [`Proxy::tcp`] forwards bytes.
 pub struct Proxy {
     pub addr: String,
     state: Arc<ProxyState>,
@@ -111,12 +118,34 @@ struct ProxyState {
     cut: AtomicBool,
     /// Bumped on every cut: connections of an older generation close.
     generation: watch::Sender<u64>,
+    /// Nothing is forwarded while this is true.
+    frozen: watch::Sender<bool>,
     /// Request API keys that close the connection that sends them.
     blocked: Mutex<HashSet<i16>>,
+    /// Whether the traffic is Kafka requests (read one by one).
+    kafka: bool,
+}
+
+impl ProxyState {
+    /// Returns at once unless frozen; else when thawed.
+    async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        let _ = frozen.wait_for(|f| !f).await;
+    }
 }
 
 impl Proxy {
-    fn start(upstream: u16) -> Self {
+    /// A proxy in front of a Kafka broker on `upstream`.
+    pub fn kafka(upstream: u16) -> Self {
+        Self::start(upstream, true)
+    }
+
+    /// A proxy of bytes in front of any server on `upstream` (PostgreSQL).
+    pub fn tcp(upstream: u16) -> Self {
+        Self::start(upstream, false)
+    }
+
+    fn start(upstream: u16, kafka: bool) -> Self {
         let listener = StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("proxy bind: {e}"));
         let addr = listener
             .local_addr()
@@ -126,7 +155,9 @@ impl Proxy {
         let state = Arc::new(ProxyState {
             cut: AtomicBool::new(false),
             generation: watch::channel(0).0,
+            frozen: watch::channel(false).0,
             blocked: Mutex::new(HashSet::new()),
+            kafka,
         });
         let (stop, mut stopped) = watch::channel(());
         let shared = Arc::clone(&state);
@@ -160,6 +191,15 @@ impl Proxy {
         }
     }
 
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("proxy address {} has no port", self.addr))
+    }
+
     /// Closes every connection and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.state.cut.store(true, Ordering::SeqCst);
@@ -169,6 +209,17 @@ impl Proxy {
     /// Lets connections through again.
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Holds every connection, open and new, open while forwarding nothing,
+    /// until [`Proxy::thaw`].
+    pub fn freeze(&self) {
+        self.state.frozen.send_replace(true);
+    }
+
+    /// Forwards again, starting with what was held.
+    pub fn thaw(&self) {
+        self.state.frozen.send_replace(false);
     }
 
     /// From now on, a connection that sends a request with one of these API
@@ -185,6 +236,9 @@ impl Proxy {
 async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     let mut generation = state.generation.subscribe();
     generation.borrow_and_update();
+    // A frozen network connects nowhere either: the client's connection
+    // stays open and unanswered.
+    state.thawed().await;
     let Ok(server) = TokioStream::connect(("127.0.0.1", upstream)).await else {
         return;
     };
@@ -192,6 +246,9 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     let (mut server_read, mut server_write) = server.into_split();
     let requests = async {
         let _: Option<()> = async {
+            if !state.kafka {
+                return pipe(&mut client_read, &mut server_write, &state).await;
+            }
             // Kafka requests: a 4-byte size, then the body, whose first two
             // bytes are the API key.
             loop {
@@ -207,16 +264,70 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
                 {
                     return None;
                 }
+                state.thawed().await;
                 server_write.write_all(&size.to_be_bytes()).await.ok()?;
                 server_write.write_all(&body).await.ok()?;
             }
         }
         .await;
     };
-    let responses = tokio::io::copy(&mut server_read, &mut client_write);
+    let responses = pipe(&mut server_read, &mut client_write, &state);
     tokio::select! {
         _ = requests => {}
         _ = responses => {}
         _ = generation.changed() => {}
     }
+}
+
+/// Copies `from` into `to`, holding each chunk while the proxy is frozen.
+async fn pipe(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    state: &ProxyState,
+) -> Option<()> {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let n = from.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        state.thawed().await;
+        to.write_all(&buffer[..n]).await.ok()?;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_proxy_holds_connections_open_and_forwards_on_thaw() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let proxy = Proxy::tcp(upstream);
+    let mut open = TokioStream::connect(&proxy.addr).await.unwrap();
+    let mut buf = [0u8; 5];
+    open.write_all(b"hello").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+
+    proxy.freeze();
+    open.write_all(b"again").await.unwrap();
+    let mut new = TokioStream::connect(&proxy.addr).await.unwrap();
+    new.write_all(b"fresh").await.unwrap();
+    let held = tokio::time::timeout(Duration::from_millis(500), open.read_exact(&mut buf)).await;
+    assert!(held.is_err(), "a frozen proxy forwarded bytes");
+    let held = tokio::time::timeout(Duration::from_millis(200), new.read_exact(&mut buf)).await;
+    assert!(held.is_err(), "a frozen proxy let a new connection through");
+
+    proxy.thaw();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"again");
+    new.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"fresh");
+    assert_eq!(proxy.port(), proxy.addr.rsplit(':').next().unwrap().parse::<u16>().unwrap());
 }
