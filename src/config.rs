@@ -143,14 +143,46 @@ pub struct DbArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+
+    /// Longest one PostgreSQL query, lock wait, pool checkout or session
+    /// start may take (`250ms`, `10s`, `1m`; a bare number is seconds). The
+    /// server is told the same (statement, lock and idle-in-transaction
+    /// timeouts), so a client that went silent loses its locks this fast.
+    #[arg(long = "db-timeout", env = "DB_TIMEOUT", default_value = "10s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 impl Default for DbArgs {
     fn default() -> Self {
         Self {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
+            timeout: crate::db::DEFAULT_TIMEOUT,
         }
     }
+}
+
+/// A duration: `250ms`, `10s`, `2m`, or a bare number of seconds; more than
+/// zero, at most a day.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (say 500ms, 10s or 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s or m)")),
+    };
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!("{text:?} must be more than 0 and at most a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Options of `produce`.
@@ -262,6 +294,14 @@ pub struct ConsumerOptions {
     #[arg(long = "fetch-wait-ms", env = "CONSUMER_FETCH_WAIT_MS", default_value_t = 10, value_name = "MS",
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub fetch_wait_ms: i32,
+
+    /// A consumer frozen or cut off from PostgreSQL for this long loses its
+    /// partitions to the others (PostgreSQL ends its silent lease session),
+    /// like Kafka's `session.timeout.ms`; a partition with records waiting
+    /// and no commit for this long is reported as stalled.
+    #[arg(long = "consumer-session-timeout", env = "CONSUMER_SESSION_TIMEOUT", default_value = "30s",
+          value_name = "DURATION", value_parser = parse_duration)]
+    pub session_timeout: Duration,
 
     /// Keep only this many days of history (older events are deleted in
     /// small batches; current state and dead letters stay) [default: keep all].

@@ -12,7 +12,7 @@ use rskafka::client::Client;
 use crate::config::{DbArgs, GroupArgs, KafkaArgs};
 use crate::db::{Database, DbError, Session, error_text};
 use crate::kafka;
-use crate::store::{LogEnds, PartitionLag, lag};
+use crate::lag::{self, LogEnds, PartitionLag};
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ async fn topic(client: Option<&Client>, topic: &str) -> (Check, Option<Vec<i32>>
 /// Whether the database answers; a session to it when it does.
 async fn database(args: &DbArgs) -> (Check, Option<(Database, Session)>) {
     let db = match args.database_url.parse::<Database>() {
-        Ok(db) => db,
+        Ok(db) => db.with_timeout(args.timeout),
         Err(e) => return (Check::fail("database", e.to_string(), "fix DATABASE_URL"), None),
     };
     match db.session().await {
@@ -288,7 +288,11 @@ async fn freshness(db: &tokio_postgres::Client) -> Check {
     }
 }
 
-/// The group's lag per partition; a new log is a failure with the fix.
+/// Time between the two looks at a partition that may be stalled.
+const STALL_RECHECK: Duration = Duration::from_secs(2);
+
+/// The group's lag per partition; a stalled partition or a new log is a
+/// failure with the fix.
 async fn lag(
     client: Option<&Client>,
     partitions: Option<&[i32]>,
@@ -303,10 +307,20 @@ async fn lag(
             "fix the broker and topic first",
         );
     };
-    let lag = match lag::measure(client, &mut LogEnds::default(), db, group, topic, partitions).await {
+    let mut ends = LogEnds::default();
+    let mut lag = match lag::measure(client, &mut ends, db, group, topic, partitions).await {
         Ok(lag) => lag,
         Err(e) => return Check::fail("lag", e.to_string(), "run `catlog-live migrate`"),
     };
+    // A stall is a stall only if it is still there a moment later (a record
+    // that just arrived on a partition idle for an hour looks the same).
+    if !lag.stall_candidates(lag::STALLED_AFTER).is_empty() {
+        tokio::time::sleep(STALL_RECHECK).await;
+        if let Ok(mut again) = lag::measure(client, &mut ends, db, group, topic, partitions).await {
+            lag::confirm(&mut again, Some(&lag));
+            lag = again;
+        }
+    }
     let parts: Vec<String> = lag
         .per_partition
         .iter()
@@ -327,7 +341,15 @@ async fn lag(
             _ => format!("partition {p}"),
         })
         .collect();
-    if !new_logs.is_empty() {
+    if !lag.stalls.is_empty() {
+        Check::fail(
+            "lag",
+            format!("{detail}; {}", lag::describe_stalls(&lag.stalls)),
+            "look at the consumers' logs (a warning names what timed out) and their \
+             catlog_consumer_stalled metric; check PostgreSQL (pg_stat_activity: a session \
+             \"idle in transaction\" or waiting on a lock) and the broker",
+        )
+    } else if !new_logs.is_empty() {
         Check::fail(
             "lag",
             format!("{detail}; the broker's log is new ({})", new_logs.join("; ")),

@@ -19,9 +19,11 @@
 //! * [`event`] — the wire format of one popularity event and its validation;
 //!   the one place that decides what a valid event is.
 //! * [`store`] — the PostgreSQL contract between the stages: history, current
-//!   state, dead letters, positions, lag; what `consume` writes and `serve`
+//!   state, dead letters, positions; what `consume` writes and `serve`
 //!   and `doctor` read.
 //! * [`kafka`] — connecting to the broker, the topic, records, a log's identity.
+//! * [`lag`] — how far a group is behind the broker's logs, and whether it
+//!   is stalled (needs both the broker and the database).
 //! * [`db`] — the connection pool, database creation, migrations, LISTEN.
 //! * [`metrics`] — the process's Prometheus metrics and their route.
 //! * [`catalog`] — the anime the simulator starts from (compiled in, or a user's file).
@@ -46,6 +48,7 @@ pub mod db;
 pub mod doctor;
 pub mod event;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;

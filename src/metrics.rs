@@ -79,6 +79,19 @@ fn describe() {
         "Records of the broker's log the group has not stored, per partition (all of a new log's)"
     );
     describe_gauge!(
+        "catlog_consumer_stalled",
+        "1 while a partition has records waiting and no commit for 30 s or more, per partition"
+    );
+    describe_gauge!(
+        "catlog_consumer_seconds_since_commit",
+        Unit::Seconds,
+        "Time since the group's stored position last moved, per partition"
+    );
+    describe_counter!(
+        "catlog_consumer_fenced_batches_total",
+        "Batches refused because this consumer lost the partitions' lease meanwhile"
+    );
+    describe_gauge!(
         "catlog_consumer_new_log",
         "1 while a partition's stored offset belongs to an older log than the broker's, else 0"
     );

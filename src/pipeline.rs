@@ -153,6 +153,7 @@ impl Pipeline {
             + settings.serve.as_ref().map_or(0, |_| SERVER_POOL_SIZE);
         let db = if pool_size > 0 {
             let db: Database = settings.db.database_url.parse()?;
+            let db = db.with_timeout(settings.db.timeout);
             let pool = db.connect_and_migrate(pool_size).await?;
             Some((db, pool))
         } else {
@@ -295,6 +296,7 @@ async fn consume_stage(
         start_from: options.start_from,
         batch_size: options.batch_size as usize,
         fetch_wait_ms: options.fetch_wait_ms,
+        session_timeout: options.session_timeout,
     };
     consume::run(
         consumer,

@@ -42,3 +42,50 @@ impl Backoff {
         }
     }
 }
+
+/// A run of failures of one thing, said once: a warning at the first, then
+/// quiet (debug) until it works again, which is said with how long it took.
+#[derive(Debug)]
+pub struct Streak {
+    what: &'static str,
+    since: Option<std::time::Instant>,
+    failures: u64,
+}
+
+impl Streak {
+    /// A streak of `what` (the warning's text).
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            since: None,
+            failures: 0,
+        }
+    }
+
+    /// One more failure, for `reason`.
+    pub fn failed(&mut self, reason: &str) {
+        self.failures += 1;
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            tracing::warn!(error = %reason, "{}", self.what);
+        } else {
+            tracing::debug!(error = %reason, failures = self.failures, "{}", self.what);
+        }
+    }
+
+    /// It works again: says so if it had failed.
+    pub fn ended(&mut self, now: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failures = std::mem::take(&mut self.failures),
+                "{now} after {:.1}s of failures",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// How long it has been failing.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.since.map(|s| s.elapsed())
+    }
+}

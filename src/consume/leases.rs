@@ -7,9 +7,20 @@
 //! gives back any above it. A process that dies loses its connection and with
 //! it every lock, so the others take its partitions over in the next round.
 //!
+//! A process that is frozen or cut off keeps its connection open, and
+//! PostgreSQL would hold its locks for hours. So the lease session asks the
+//! server to end it after `CONSUMER_SESSION_TIMEOUT` of silence
+//! (`idle_session_timeout`; a live member speaks every [`ROUND`]), like
+//! Kafka's own `session.timeout.ms`: the others take its partitions within
+//! that time plus one round. Every round is bounded by `DB_TIMEOUT`, and a
+//! round that does not finish gives every partition up at once.
+//!
 //! Leases decide who *reads* a partition; correctness does not depend on
 //! them: batches are idempotent (see [`crate::store::batch`]), so a brief
-//! overlap while a partition changes hands duplicates nothing.
+//! overlap while a partition changes hands duplicates nothing. And each
+//! batch is *fenced* by the lease it was read under ([`Fence`]): a member
+//! that wakes from a freeze finds its batch refused for the partitions it
+//! lost, and says so.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,9 +31,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ConsumeError;
-use crate::db::{Database, Session};
+use crate::db::{Database, DbError, Session};
 use crate::kafka;
 use crate::retry::Backoff;
+use crate::store::Fence;
 
 /// Time between two rounds of the lease protocol.
 pub const ROUND: Duration = Duration::from_secs(2);
@@ -54,104 +66,176 @@ const COUNT_MEMBERS: &str = "SELECT count(*) FROM pg_locks \
        AND classid = $1::int8::oid \
        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
+/// Where the lease protocol publishes what it holds.
+pub struct Holding {
+    /// The partitions this process owns.
+    pub owned: watch::Sender<BTreeSet<i32>>,
+    /// The lease batches are fenced by; `None` while no session holds one.
+    pub fence: watch::Sender<Option<Fence>>,
+}
+
 /// Runs the lease protocol until `shutdown`, publishing the partitions this
-/// process owns on `owned`. Database trouble empties the set and retries.
+/// process owns on `holding`. Database trouble empties the set and retries.
 pub async fn run(
     db: Database,
     kafka: Arc<Client>,
     group: String,
     topic: String,
-    owned: watch::Sender<BTreeSet<i32>>,
+    session_timeout: Duration,
+    holding: Holding,
     shutdown: CancellationToken,
 ) {
     let keys = Keys::new(&group, &topic);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     while !shutdown.is_cancelled() {
         let result = match db.session().await {
-            Ok(session) => hold(&session, keys, &kafka, &topic, &owned, &shutdown).await,
+            Ok(session) => {
+                let lease = Lease {
+                    session: &session,
+                    keys,
+                    limit: db.timeout(),
+                };
+                lease.hold(&kafka, &topic, session_timeout, &holding, &shutdown).await
+            }
             Err(e) => Err(e.into()),
         };
-        owned.send_replace(BTreeSet::new());
+        holding.fence.send_replace(None);
+        if !holding.owned.borrow().is_empty() {
+            tracing::warn!(group, "stopped reading every partition until the leases are held again");
+        }
+        holding.owned.send_replace(BTreeSet::new());
         if let Err(error) = result {
             tracing::warn!(%error, group, "partition leases lost; retrying");
             backoff.wait(&shutdown).await;
+        } else {
+            backoff.reset();
         }
     }
 }
 
-/// One session's worth of rounds; returns when the session fails or on shutdown.
-async fn hold(
-    session: &Session,
+/// One lease session.
+struct Lease<'a> {
+    session: &'a Session,
     keys: Keys,
-    kafka: &Client,
-    topic: &str,
-    owned: &watch::Sender<BTreeSet<i32>>,
-    shutdown: &CancellationToken,
-) -> Result<(), ConsumeError> {
-    let db = &session.client;
-    let try_lock = "SELECT pg_try_advisory_lock($1, $2)";
-    let unlock = "SELECT pg_advisory_unlock($1, $2)";
-    let mut slot = None;
-    for s in 0..SLOTS {
-        let row = db.query_one(try_lock, &[&keys.members, &s]).await?;
-        if row.get::<_, bool>(0) {
-            slot = Some(s);
-            break;
-        }
+    /// `DB_TIMEOUT`, for each query.
+    limit: Duration,
+}
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2)";
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1, $2)";
+
+impl Lease<'_> {
+    /// One bounded query's single value.
+    async fn one<T>(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<T, ConsumeError>
+    where
+        T: for<'r> tokio_postgres::types::FromSql<'r>,
+    {
+        let query = async { Ok::<_, DbError>(self.session.client.query_one(sql, params).await?) };
+        let row = crate::db::bounded(self.limit, "a lease query", query).await?;
+        Ok(row.try_get(0).map_err(DbError::from)?)
     }
-    let slot = slot.ok_or(ConsumeError::NoSlot)?;
-    tracing::debug!(slot, "joined consumer group");
 
-    let mut mine = BTreeSet::new();
-    let mut partitions: Vec<i32> = Vec::new();
-    loop {
-        match kafka::partitions(kafka, topic).await {
-            Ok(Some(found)) => partitions = found,
-            Ok(None) => tracing::warn!(topic, "topic does not exist yet; waiting for it"),
-            Err(error) => tracing::warn!(%error, "cannot list partitions; keeping the last known"),
+    /// Tells the server to end this session after `timeout` of silence, so a
+    /// frozen process's locks come free; the backend's pid, for the fence.
+    async fn start(&self, timeout: Duration) -> Result<i32, ConsumeError> {
+        let ms = timeout.as_millis().to_string();
+        let set = async {
+            Ok::<_, DbError>(
+                self.session
+                    .client
+                    .query_one("SELECT set_config('idle_session_timeout', $1, false)", &[&ms])
+                    .await?,
+            )
+        };
+        match crate::db::bounded(self.limit, "a lease query", set).await {
+            Ok(_) => {}
+            Err(DbError::Query(e)) if e.as_db_error().is_some() => tracing::warn!(
+                error = %crate::db::error_text(&e),
+                "PostgreSQL cannot end a silent session (idle_session_timeout needs version 14): \
+                 a frozen consumer's partitions stay held until TCP notices"
+            ),
+            Err(e) => return Err(e.into()),
         }
-        let members: i64 = db
-            .query_one(COUNT_MEMBERS, &[&i64::from(keys.members)])
-            .await?
-            .get(0);
-        let fair = partitions.len().div_ceil(members.max(1) as usize);
+        self.one("SELECT pg_backend_pid()", &[]).await
+    }
 
-        while mine.len() > fair {
-            let Some(&p) = mine.iter().next_back() else {
+    /// One session's worth of rounds; returns when the session fails or on shutdown.
+    async fn hold(
+        &self,
+        kafka: &Client,
+        topic: &str,
+        session_timeout: Duration,
+        holding: &Holding,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let keys = self.keys;
+        let pid = self.start(session_timeout).await?;
+        let mut slot = None;
+        for s in 0..SLOTS {
+            if self.one::<bool>(TRY_LOCK, &[&keys.members, &s]).await? {
+                slot = Some(s);
                 break;
-            };
-            db.query_one(unlock, &[&keys.partitions, &p]).await?;
-            mine.remove(&p);
-            tracing::info!(partition = p, members, "released partition to another consumer");
-        }
-        // Start looking at a different place per slot, so that members
-        // starting together do not all race for partition 0.
-        let start = slot as usize % partitions.len().max(1);
-        let candidates = partitions.iter().cycle().skip(start).take(partitions.len());
-        for &p in candidates {
-            if mine.len() >= fair {
-                break;
-            }
-            if mine.contains(&p) {
-                continue;
-            }
-            let row = db.query_one(try_lock, &[&keys.partitions, &p]).await?;
-            if row.get::<_, bool>(0) {
-                tracing::info!(partition = p, members, "acquired partition");
-                mine.insert(p);
             }
         }
-        // Partitions the topic no longer has.
-        mine.retain(|p| partitions.contains(p));
-        owned.send_if_modified(|current| {
-            let changed = *current != mine;
-            current.clone_from(&mine);
-            changed
-        });
+        let slot = slot.ok_or(ConsumeError::NoSlot)?;
+        tracing::debug!(slot, pid, "joined consumer group");
+        holding.fence.send_replace(Some(Fence {
+            key: keys.partitions,
+            pid,
+        }));
 
-        tokio::select! {
-            _ = tokio::time::sleep(ROUND) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        let mut mine = BTreeSet::new();
+        let mut partitions: Vec<i32> = Vec::new();
+        loop {
+            match kafka::partitions(kafka, topic).await {
+                Ok(Some(found)) => partitions = found,
+                Ok(None) => tracing::warn!(topic, "topic does not exist yet; waiting for it"),
+                Err(error) => tracing::warn!(%error, "cannot list partitions; keeping the last known"),
+            }
+            let members: i64 = self.one(COUNT_MEMBERS, &[&i64::from(keys.members)]).await?;
+            let fair = partitions.len().div_ceil(members.max(1) as usize);
+
+            // Partitions the topic no longer has, then any above our share.
+            let vanished: Vec<i32> = mine.iter().copied().filter(|p| !partitions.contains(p)).collect();
+            for p in vanished {
+                self.one::<bool>(UNLOCK, &[&keys.partitions, &p]).await?;
+                mine.remove(&p);
+                tracing::info!(partition = p, "partition is gone from the topic; released it");
+            }
+            while mine.len() > fair {
+                let Some(&p) = mine.iter().next_back() else {
+                    break;
+                };
+                self.one::<bool>(UNLOCK, &[&keys.partitions, &p]).await?;
+                mine.remove(&p);
+                tracing::info!(partition = p, members, "released partition to another consumer");
+            }
+            // Start looking at a different place per slot, so that members
+            // starting together do not all race for partition 0.
+            let start = slot as usize % partitions.len().max(1);
+            let candidates = partitions.iter().cycle().skip(start).take(partitions.len());
+            for &p in candidates {
+                if mine.len() >= fair {
+                    break;
+                }
+                if mine.contains(&p) {
+                    continue;
+                }
+                if self.one::<bool>(TRY_LOCK, &[&keys.partitions, &p]).await? {
+                    tracing::info!(partition = p, members, "acquired partition");
+                    mine.insert(p);
+                }
+            }
+            holding.owned.send_if_modified(|current| {
+                let changed = *current != mine;
+                current.clone_from(&mine);
+                changed
+            });
+
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// How long the broker may hold a fetch open waiting for records, in ms.
     pub fetch_wait_ms: i32,
+    /// `CONSUMER_SESSION_TIMEOUT`: silence after which a member loses its
+    /// partitions, and no commit with records waiting reads as stalled.
+    pub session_timeout: std::time::Duration,
 }
 
 /// Why a step of the consumer failed (it is retried).
@@ -88,6 +91,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (owned_tx, mut owned_rx) = watch::channel(BTreeSet::new());
+    let (fence_tx, fence_rx) = watch::channel(None);
     let (stored_tx, stored_rx) = watch::channel(mirror::Stored::default());
     let stop_leases = CancellationToken::new();
     let leases = AbortOnDropHandle::new(tokio::spawn(leases::run(
@@ -95,15 +99,35 @@ pub async fn run(
         Arc::clone(&kafka),
         settings.group.clone(),
         settings.topic.clone(),
-        owned_tx,
+        settings.session_timeout,
+        leases::Holding {
+            owned: owned_tx,
+            fence: fence_tx,
+        },
         stop_leases.clone(),
+    )));
+
+    // The lag, measured on its own schedule: it grows while a fetch hangs.
+    let (lag_tx, _) = watch::channel(None);
+    let lag = AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(
+        crate::lag::Source {
+            kafka: Arc::clone(&kafka),
+            pool: pool.clone(),
+            group: settings.group.clone(),
+            topic: settings.topic.clone(),
+        },
+        lag_tx,
+        shutdown.clone(),
     )));
 
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE_DEPTH);
     let (restart_tx, mut restart_rx) = mpsc::channel(QUEUE_DEPTH);
     let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
         settings.clone(),
-        pool.clone(),
+        writer::Sink {
+            pool: pool.clone(),
+            fence: fence_rx,
+        },
         queue_rx,
         restart_tx,
         stored_tx,
@@ -158,5 +182,6 @@ pub async fn run(
     // Partitions are released only once the last batch is settled.
     stop_leases.cancel();
     let _ = leases.await;
+    drop(lag);
     tracing::info!("consumer stopped");
 }

@@ -18,15 +18,22 @@ use super::mirror::Stored;
 use super::{ConsumeError, ConsumerSettings};
 use crate::event::{self, Event};
 use crate::kafka::RecordMark;
-use crate::retry::Backoff;
-use crate::store::{self, Batch, CommitError, DeadLetter, Mode, NewLog, Position, Row, Written};
+use crate::retry::{Backoff, Streak};
+use crate::store::{self, Batch, CommitError, DeadLetter, Fence, Mode, NewLog, Position, Row, Written};
+
+/// Where batches go: the pool, and the lease that fences them (see
+/// [`crate::store::Fence`]); `None` until the leases hold a session.
+pub struct Sink {
+    pub pool: Pool,
+    pub fence: watch::Receiver<Option<Fence>>,
+}
 
 /// Drains the queue into batches and commits them until the queue closes or
 /// `shutdown` fires between two batches. Each position it stores is
 /// published on `stored` (for the offset mirror, which it never waits for).
 pub(super) async fn run(
     settings: ConsumerSettings,
-    pool: Pool,
+    sink: Sink,
     mut queue: mpsc::Receiver<Work>,
     restart: mpsc::Sender<i32>,
     stored: watch::Sender<Stored>,
@@ -47,7 +54,7 @@ pub(super) async fn run(
         };
         let mut batch = match first {
             Work::NewLog(new_log) => {
-                if !start_new_log_with_retry(&settings, &pool, &new_log, &stored, &shutdown).await {
+                if !start_new_log_with_retry(&settings, &sink.pool, &new_log, &stored, &shutdown).await {
                     return;
                 }
                 continue;
@@ -84,7 +91,7 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        match commit_with_retry(&settings, &pool, &batch, &stored, &shutdown).await {
+        match commit_with_retry(&settings, &sink, &batch, &stored, &shutdown).await {
             Committed::Yes => {}
             Committed::ShutDown => return,
             Committed::Stale(partitions) => {
@@ -150,18 +157,20 @@ enum Committed {
 /// Commits `batch`, retrying database trouble with backoff.
 async fn commit_with_retry(
     settings: &ConsumerSettings,
-    pool: &Pool,
+    sink: &Sink,
     batch: &Batch,
     stored: &watch::Sender<Stored>,
     shutdown: &CancellationToken,
 ) -> Committed {
     let mut backoff = Backoff::standard();
+    let mut streak = Streak::new("cannot commit batch; retrying");
     let mut batch = Cow::Borrowed(batch);
     let mut stale = Vec::new();
     loop {
         let started = Instant::now();
-        match commit(settings, pool, &batch).await {
+        match commit(settings, sink, &batch).await {
             Ok(written) => {
+                streak.ended("batches commit again");
                 metrics::histogram!("catlog_batch_commit_seconds").record(started.elapsed().as_secs_f64());
                 metrics::counter!("catlog_events_consumed_total").increment(written.events);
                 metrics::counter!("catlog_dead_letters_total").increment(written.dead_letters);
@@ -190,22 +199,40 @@ async fn commit_with_retry(
                 }
                 continue;
             }
+            Err(CommitError::Fenced(partitions)) => {
+                tracing::warn!(
+                    ?partitions,
+                    records = batch.len(),
+                    "this consumer lost its lease on these partitions (frozen or cut off for longer than \
+                     CONSUMER_SESSION_TIMEOUT?); another consumer reads them now, so these records are dropped \
+                     and change nothing"
+                );
+                metrics::counter!("catlog_consumer_fenced_batches_total").increment(1);
+                batch = Cow::Owned(batch.without(&partitions));
+                stale.extend(partitions);
+                if batch.positions.is_empty() {
+                    return Committed::Stale(stale);
+                }
+                continue;
+            }
             Err(CommitError::Data(reason)) if batch.len() > 1 => {
                 tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
-                return commit_one_by_one(settings, pool, &batch, stored, shutdown).await;
+                return commit_one_by_one(settings, sink, &batch, stored, shutdown).await;
             }
             Err(CommitError::Data(reason)) if batch.is_empty() => {
                 tracing::warn!(%reason, "cannot store offsets; retrying");
             }
             Err(CommitError::Data(reason)) => {
                 let dead = rejected(&batch, &reason);
-                return Box::pin(commit_with_retry(settings, pool, &dead, stored, shutdown)).await;
+                return Box::pin(commit_with_retry(settings, sink, &dead, stored, shutdown)).await;
             }
             // (A duplicate is only reported in Fresh mode, which `commit` retries.)
             Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
-            Err(CommitError::Unavailable(error)) => {
-                tracing::warn!(%error, "cannot commit batch; retrying");
-            }
+            Err(CommitError::Unavailable(error)) => streak.failed(&error),
+            Err(CommitError::TimedOut(after)) => streak.failed(&format!(
+                "PostgreSQL did not answer within {}s (DB_TIMEOUT); the connection is dropped",
+                after.as_secs_f64()
+            )),
         }
         if !backoff.wait(shutdown).await {
             return Committed::ShutDown;
@@ -215,7 +242,7 @@ async fn commit_with_retry(
 
 async fn commit_one_by_one(
     settings: &ConsumerSettings,
-    pool: &Pool,
+    sink: &Sink,
     batch: &Batch,
     stored: &watch::Sender<Stored>,
     shutdown: &CancellationToken,
@@ -253,7 +280,7 @@ async fn commit_one_by_one(
         if single.positions.keys().any(|p| stale.contains(p)) {
             continue;
         }
-        match Box::pin(commit_with_retry(settings, pool, &single, stored, shutdown)).await {
+        match Box::pin(commit_with_retry(settings, sink, &single, stored, shutdown)).await {
             Committed::Yes => {}
             Committed::ShutDown => return Committed::ShutDown,
             Committed::Stale(partitions) => stale.extend(partitions),
@@ -296,30 +323,49 @@ fn rejected(batch: &Batch, reason: &str) -> Batch {
     }
 }
 
-async fn commit(settings: &ConsumerSettings, pool: &Pool, batch: &Batch) -> Result<Written, CommitError> {
-    match commit_in(settings, pool, batch, Mode::Fresh).await {
+async fn commit(settings: &ConsumerSettings, sink: &Sink, batch: &Batch) -> Result<Written, CommitError> {
+    match commit_in(settings, sink, batch, Mode::Fresh).await {
         // Some record is stored already (a replay, a partition that just
         // changed hands, a retried publish): write again, skipping what is there.
-        Err(CommitError::Duplicate) => commit_in(settings, pool, batch, Mode::SkipStored).await,
+        Err(CommitError::Duplicate) => commit_in(settings, sink, batch, Mode::SkipStored).await,
         other => other,
     }
 }
 
 async fn commit_in(
     settings: &ConsumerSettings,
-    pool: &Pool,
+    sink: &Sink,
     batch: &Batch,
     mode: Mode,
 ) -> Result<Written, CommitError> {
-    let mut db = pool
-        .get()
-        .await
-        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+    let pool = &sink.pool;
+    let db = pool.get().await.map_err(|e| CommitError::Unavailable(e.to_string()))?;
+    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
     let classify = |e| CommitError::classify(e, mode);
-    let tx = db.transaction().await.map_err(classify)?;
-    let written = store::batch::write(&tx, &settings.group, &settings.topic, batch, mode).await?;
-    tx.commit().await.map_err(classify)?;
-    Ok(written)
+    let mut db = db;
+    // Records only come from readers of leased partitions: no lease now
+    // means it was lost since they were read.
+    let Some(fence) = *sink.fence.borrow() else {
+        return Err(CommitError::Fenced(batch.positions.keys().copied().collect()));
+    };
+    let fence = Some(fence);
+    let work = async {
+        let tx = db.transaction().await.map_err(classify)?;
+        let written =
+            store::batch::write(&tx, &settings.group, &settings.topic, batch, mode, fence).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(written)
+    };
+    let result = match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(CommitError::TimedOut(limit)),
+    };
+    if matches!(result, Err(CommitError::TimedOut(_))) {
+        // Its transaction may still be open on the server until
+        // idle_in_transaction_session_timeout ends it: never reuse it.
+        drop(deadpool_postgres::Object::take(db));
+    }
+    result
 }
 
 /// Records the move of a partition to a new log, retrying database trouble.
@@ -359,8 +405,16 @@ async fn start_new_log(
     new_log: &NewLog,
 ) -> Result<bool, ConsumeError> {
     let mut db = pool.get().await?;
-    let tx = db.transaction().await?;
-    let moved = store::positions::start_new_log(&tx, &settings.group, &settings.topic, new_log).await?;
-    tx.commit().await?;
-    Ok(moved)
+    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
+    let work = async {
+        let tx = db.transaction().await?;
+        let moved = store::positions::start_new_log(&tx, &settings.group, &settings.topic, new_log).await?;
+        tx.commit().await?;
+        Ok::<_, ConsumeError>(moved)
+    };
+    let result = crate::db::bounded(limit, "recording a new log", work).await;
+    if result.as_ref().is_err_and(|e| matches!(e, ConsumeError::Db(e) if crate::db::AsTimeout::is_timeout(e))) {
+        drop(deadpool_postgres::Object::take(db));
+    }
+    result
 }

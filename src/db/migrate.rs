@@ -18,6 +18,11 @@ pub async fn migrate(db: &Database) -> Result<()> {
         other => other,
     })?;
     let client = &mut session.client;
+    // Migrations may build indexes on a large history and wait for one
+    // another by design: the per-statement limits do not apply to them.
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;

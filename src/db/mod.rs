@@ -1,5 +1,21 @@
 //! PostgreSQL: connection pool, creating the database when missing, and
 //! dedicated sessions for the work that needs one (advisory locks, LISTEN).
+//!
+//! No wait is without a bound. A connection that stays open and carries
+//! nothing (a peer in a stop-the-world pause, a firewall that drops a flow
+//! without a reset) is the fault networks have most, and TCP alone notices
+//! it only after hours. So every session is opened with limits of its own:
+//!
+//! * on the server, per session: `statement_timeout` and `lock_timeout`
+//!   (a query or a lock wait ends), `idle_in_transaction_session_timeout`
+//!   (a client that went silent inside a transaction loses its session,
+//!   and with it every lock the transaction held), TCP keepalives and
+//!   `tcp_user_timeout` (a peer that vanished is noticed in seconds);
+//! * on the client: the same keepalives, a connect timeout, pool checkouts
+//!   bounded, and [`bounded`] around the work itself (a frozen network
+//!   answers no query, whatever the server was told).
+//!
+//! All of them follow `DB_TIMEOUT` ([`DEFAULT_TIMEOUT`]).
 
 mod migrate;
 mod tls;
@@ -43,6 +59,62 @@ pub enum DbError {
     Query(#[from] tokio_postgres::Error),
     #[error("PostgreSQL pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error("PostgreSQL did not answer within {}s ({what}; DB_TIMEOUT)", .after.as_secs_f64())]
+    Timeout { what: &'static str, after: Duration },
+}
+
+/// The default of `DB_TIMEOUT`: longest one query, lock wait, pool checkout
+/// or session start may take. Far above what any query of ours needs (a
+/// batch of 5,000 records commits in about 0.1 s), far below the minutes a
+/// stuck partition would cost.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalives of every session, on both ends: the first probe after
+/// this much silence, then one every [`KEEPALIVE_INTERVAL`], giving up
+/// after [`KEEPALIVE_PROBES`].
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Runs `work` for at most `limit`; past it, [`DbError::Timeout`] naming
+/// `what`. The caller drops the connection `work` used (see
+/// [`discard_on_timeout`]): a request may still be queued on it.
+pub async fn bounded<T, E>(
+    limit: Duration,
+    what: &'static str,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E>
+where
+    E: From<DbError>,
+{
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(DbError::Timeout { what, after: limit }.into()),
+    }
+}
+
+/// Takes a pooled connection out of its pool for good when `result` is a
+/// timeout: whatever it was waiting for may still arrive, and the next
+/// user must not wait behind it.
+pub fn discard_on_timeout<T, E: AsTimeout>(
+    connection: deadpool_postgres::Object,
+    result: &std::result::Result<T, E>,
+) {
+    if result.as_ref().is_err_and(AsTimeout::is_timeout) {
+        drop(deadpool_postgres::Object::take(connection));
+    }
+}
+
+/// Errors that may be a [`DbError::Timeout`].
+pub trait AsTimeout {
+    /// Whether this is a timeout of ours.
+    fn is_timeout(&self) -> bool;
+}
+
+impl AsTimeout for DbError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
 }
 
 /// Result with [`DbError`].
@@ -54,6 +126,8 @@ pub struct Database {
     config: Config,
     /// Set for `sslmode=require`.
     tls: Option<MakeRustlsConnect>,
+    /// `DB_TIMEOUT`.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Database {
@@ -81,7 +155,11 @@ impl FromStr for Database {
             SslMode::Require => Some(tls::require()?),
             _ => None,
         };
-        Ok(Self { config, tls })
+        Ok(Self {
+            config,
+            tls,
+            timeout: DEFAULT_TIMEOUT,
+        })
     }
 }
 
@@ -93,6 +171,45 @@ pub struct Session {
 }
 
 impl Database {
+    /// The same database with `timeout` as `DB_TIMEOUT`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `DB_TIMEOUT`: the bound on one query, lock wait, checkout or connect.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The connection settings with this process's limits (see the module
+    /// docs); options the URL gives come after ours, so they win.
+    fn limited(&self) -> Config {
+        let mut config = self.config.clone();
+        let ms = self.timeout.as_millis();
+        let ours = format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
+             -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={KEEPALIVE_PROBES} \
+             -c tcp_user_timeout={ms}",
+            KEEPALIVE_IDLE.as_secs(),
+            KEEPALIVE_INTERVAL.as_secs(),
+        );
+        let options = match self.config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+            _ => ours,
+        };
+        config
+            .options(options)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_PROBES)
+            .tcp_user_timeout(self.timeout);
+        let connect = config.get_connect_timeout().copied().unwrap_or(self.timeout);
+        config.connect_timeout(connect.min(self.timeout));
+        config
+    }
+
     /// The database name.
     pub fn name(&self) -> &str {
         self.config.get_dbname().unwrap_or_default()
@@ -112,10 +229,14 @@ impl Database {
 
     /// Opens one connection.
     pub async fn session(&self) -> Result<Session> {
-        self.open(&self.config).await
+        self.open(&self.limited()).await
     }
 
     async fn open(&self, config: &Config) -> Result<Session> {
+        bounded(self.timeout, "opening a session", self.open_unbounded(config)).await
+    }
+
+    async fn open_unbounded(&self, config: &Config) -> Result<Session> {
         let (client, driver) = match &self.tls {
             Some(tls) => {
                 let (client, connection) = config.connect(tls.clone()).await?;
@@ -157,7 +278,7 @@ impl Database {
             name: name.clone(),
             reason,
         };
-        let mut admin = self.config.clone();
+        let mut admin = self.limited();
         admin.dbname("postgres");
         let session = self.open(&admin).await.map_err(|e| match e {
             DbError::Query(e) => create_error(error_text(&e)),
@@ -189,19 +310,24 @@ impl Database {
         self.pool(size)
     }
 
-    /// A pool of `size` connections, opened lazily.
+    /// A pool of `size` connections, opened lazily. Checking one out waits
+    /// at most `DB_TIMEOUT`, and each is verified with an empty query
+    /// (bounded too) before it is handed out again, so a connection left
+    /// waiting on a frozen network is dropped, not reused.
     pub fn pool(&self, size: usize) -> Result<Pool> {
         let recycling = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         };
+        let config = self.limited();
         let manager = match &self.tls {
-            Some(tls) => Manager::from_config(self.config.clone(), tls.clone(), recycling),
-            None => Manager::from_config(self.config.clone(), NoTls, recycling),
+            Some(tls) => Manager::from_config(config, tls.clone(), recycling),
+            None => Manager::from_config(config, NoTls, recycling),
         };
         Ok(Pool::builder(manager)
             .max_size(size)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .recycle_timeout(Some(self.timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?)
     }
@@ -221,17 +347,22 @@ impl Database {
     /// Opens a connection that listens on `channel` (an SQL identifier).
     pub async fn listen(&self, channel: &str) -> Result<Listener> {
         let (tx, notified) = tokio::sync::mpsc::channel(16);
-        let (client, driver) = match &self.tls {
-            Some(tls) => {
-                let (client, connection) = self.config.connect(tls.clone()).await?;
-                (client, drive(connection, Some(tx)))
-            }
-            None => {
-                let (client, connection) = self.config.connect(NoTls).await?;
-                (client, drive(connection, Some(tx)))
-            }
+        let config = self.limited();
+        let connect = async {
+            let (client, driver) = match &self.tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls.clone()).await?;
+                    (client, drive(connection, Some(tx)))
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    (client, drive(connection, Some(tx)))
+                }
+            };
+            client.batch_execute(&format!("LISTEN {channel}")).await?;
+            Ok::<_, DbError>((client, driver))
         };
-        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        let (client, driver) = bounded(self.timeout, "starting to LISTEN", connect).await?;
         Ok(Listener {
             _client: client,
             notified,

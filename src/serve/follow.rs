@@ -3,26 +3,31 @@
 //! commit), with a periodic poll as safety net, and reads what is new by id.
 //! History ids become visible in commit order (see [`crate::store`]), so
 //! "rows after the last id seen" never skips a row.
+//!
+//! Two tasks, so that one stuck query stops one thing and says so: the
+//! [`Follower`] (the feed: new rows, rooms, the ranking) and [`figures`]
+//! (stats: events per minute, the lag measured by [`crate::lag::watch`],
+//! and whether the data is delayed, and why).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::frame::Frame;
 use super::hub::{Broadcast, Hub};
-use super::models::{AnimeDetail, NewLogSeen, ServerMessage, Stats, Update};
+use super::models::{AnimeDetail, Delayed, NewLogSeen, ServerMessage, StallSeen, Stats, Update};
 use super::trending::{HALF_LIFE, Momentum};
 use crate::db::Database;
-use crate::kafka;
+use crate::lag::{Lag, PartitionLag};
 use crate::retry::Backoff;
-use crate::store::{self, Lag, LagError, LogEnds, NOTIFY_CHANNEL, PartitionLag, StoreError, history};
+use crate::store::{NOTIFY_CHANNEL, StoreError, history};
 
 /// Rows read per query while catching up.
 const PAGE: i64 = 1000;
@@ -42,17 +47,13 @@ pub struct FollowSettings {
     pub broadcast_every: Duration,
 }
 
-/// Reads new history into the hub and keeps trending and stats current.
+/// Reads new history into the hub and keeps trending current.
 pub struct Follower {
     settings: FollowSettings,
     pool: Pool,
-    kafka: Option<Arc<Client>>,
     hub: Arc<Hub>,
     momentum: Momentum,
     last_id: i64,
-    /// Rows committed per second (unix seconds), for "events in the last minute".
-    per_second: VecDeque<(i64, u64)>,
-    log_ends: LogEnds,
     /// The ranking changed since it was last announced.
     ranking_changed: bool,
     /// When the ranking was last announced.
@@ -61,12 +62,7 @@ pub struct Follower {
 
 impl Follower {
     /// Loads the recent past into the hub, so the first page and snapshot are full.
-    pub async fn start(
-        settings: FollowSettings,
-        pool: Pool,
-        kafka: Option<Arc<Client>>,
-        hub: Arc<Hub>,
-    ) -> Result<Self, StoreError> {
+    pub async fn start(settings: FollowSettings, pool: Pool, hub: Arc<Hub>) -> Result<Self, StoreError> {
         let now = Utc::now();
         let mut momentum = Momentum::default();
         for anime in history::known_anime(&pool).await? {
@@ -82,22 +78,19 @@ impl Follower {
         hub.prime(latest.into_iter().map(Update::from).collect(), last_id);
         let (items, _) = momentum.rank(now);
         let _ = hub.set_trending(items, false);
-        let mut follower = Self {
+        for row in &recent {
+            hub.count_events(row.ingested_at.timestamp(), 1);
+        }
+        hub.feed_read();
+        Ok(Self {
             settings,
             pool,
-            kafka,
             hub,
             momentum,
             last_id,
-            per_second: VecDeque::new(),
-            log_ends: LogEnds::default(),
             ranking_changed: false,
             announced_at: Instant::now(),
-        };
-        for row in &recent {
-            follower.count(row.ingested_at.timestamp());
-        }
-        Ok(follower)
+        })
     }
 
     /// Follows until `shutdown`.
@@ -107,7 +100,6 @@ impl Follower {
         let mut poll = tokio::time::interval(POLL_EVERY);
         let mut announce = tokio::time::interval(self.settings.broadcast_every);
         let mut changes = tokio::time::interval(TRENDING_GAP);
-        let mut stats = tokio::time::interval(STATS_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -123,7 +115,6 @@ impl Follower {
                     let trending = self.rank(TRENDING_GAP * 2, false);
                     self.hub.send_all(trending.into_iter().collect());
                 }
-                _ = stats.tick() => self.refresh_stats().await,
             }
         }
     }
@@ -148,16 +139,19 @@ impl Follower {
         let mut batch = Vec::new();
         loop {
             let rows = match history::rows_after(&self.pool, self.last_id, PAGE).await {
-                Ok(rows) => rows,
+                Ok(rows) => {
+                    self.hub.feed_read();
+                    rows
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot read new history; will retry");
+                    self.hub.feed_failed(error.to_string());
                     break;
                 }
             };
             let full_page = rows.len() as i64 == PAGE;
             for row in rows {
                 self.momentum.observe(&row.event, row.ingested_at);
-                self.count(row.ingested_at.timestamp());
+                self.hub.count_events(row.ingested_at.timestamp(), 1);
                 changed.insert(row.event.mal_id);
                 self.last_id = self.last_id.max(row.id);
                 batch.push(self.hub.record_update(Update::from(row)));
@@ -189,83 +183,82 @@ impl Follower {
         }
     }
 
-    fn count(&mut self, second: i64) {
-        match self.per_second.back_mut() {
-            Some((s, n)) if *s == second => *n += 1,
-            _ => self.per_second.push_back((second, 1)),
-        }
-    }
+}
 
-    async fn refresh_stats(&mut self) {
-        let now = Utc::now().timestamp();
-        while self.per_second.front().is_some_and(|(s, _)| *s <= now - 60) {
-            self.per_second.pop_front();
+/// Refreshes and broadcasts the figures every [`STATS_EVERY`] until
+/// `shutdown`: events in the last minute, the lag (`lag`, measured
+/// elsewhere), stalled partitions, and whether the data is delayed.
+pub async fn figures(hub: Arc<Hub>, lag: watch::Receiver<Option<Lag>>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        let lag = match self.lag().await {
-            Ok(lag) => lag,
-            Err(error) => {
-                tracing::debug!(%error, "consumer lag unknown");
-                Lag::default()
-            }
-        };
-        let mut waiting = BTreeMap::new();
-        let mut new_logs = BTreeMap::new();
-        for (partition, value) in &lag.per_partition {
-            let label = partition.to_string();
-            let Some(n) = value.waiting() else { continue };
-            metrics::gauge!("catlog_consumer_lag", "partition" => label.clone()).set(n as f64);
-            let new_log = match value {
-                PartitionLag::NewLog { stored, log_end, .. } => {
-                    new_logs.insert(
-                        label.clone(),
-                        NewLogSeen {
-                            stored_offset: *stored,
-                            log_end: *log_end,
-                        },
-                    );
-                    1.0
-                }
-                _ => 0.0,
-            };
-            metrics::gauge!("catlog_consumer_new_log", "partition" => label.clone()).set(new_log);
-            waiting.insert(label, n);
-        }
-        for (partition, epoch) in &lag.log_resets {
-            metrics::gauge!("catlog_consumer_log_epoch", "partition" => partition.to_string())
-                .set(f64::from(*epoch));
-        }
+        let latest = lag.borrow().clone();
+        hub.set_stats(stats_of(&hub, latest.as_ref()));
         crate::metrics::upkeep();
-        self.hub.set_stats(Stats {
-            events_last_minute: self.per_second.iter().map(|(_, n)| n).sum(),
-            lag: waiting,
-            new_logs,
-            log_resets: lag
-                .log_resets
-                .iter()
-                .map(|(p, epoch)| (p.to_string(), *epoch))
-                .collect(),
-            ..self.hub.stats()
-        });
     }
+}
 
-    /// The group's lag on every partition of the topic.
-    async fn lag(&mut self) -> Result<Lag, LagError> {
-        let Some(client) = &self.kafka else {
-            return Ok(Lag::default());
-        };
-        let topic = &self.settings.topic;
-        let partitions = kafka::partitions(client, topic).await?.unwrap_or_default();
-        let db = self.pool.get().await.map_err(StoreError::from)?;
-        let lag = store::lag::measure(
-            client,
-            &mut self.log_ends,
-            &db,
-            &self.settings.group,
-            topic,
-            &partitions,
-        )
-        .await?;
-        Ok(lag)
+fn stats_of(hub: &Hub, lag: Option<&Lag>) -> Stats {
+    let now = Utc::now();
+    let mut waiting = BTreeMap::new();
+    let mut new_logs = BTreeMap::new();
+    let mut stalled = BTreeMap::new();
+    let mut log_resets = BTreeMap::new();
+    if let Some(lag) = lag {
+        for (partition, value) in &lag.per_partition {
+            let Some(n) = value.waiting() else { continue };
+            if let PartitionLag::NewLog { stored, log_end, .. } = value {
+                new_logs.insert(
+                    partition.to_string(),
+                    NewLogSeen {
+                        stored_offset: *stored,
+                        log_end: *log_end,
+                    },
+                );
+            }
+            waiting.insert(partition.to_string(), n);
+        }
+        for stall in &lag.stalls {
+            stalled.insert(
+                stall.partition.to_string(),
+                StallSeen {
+                    waiting: stall.waiting,
+                    no_commit_for_seconds: stall.no_commit_for.as_secs(),
+                },
+            );
+        }
+        log_resets = lag.log_resets.iter().map(|(p, e)| (p.to_string(), *e)).collect();
+    }
+    let delayed = match hub.feed_trouble() {
+        Some((reason, since)) => Some(Delayed { reason, since }),
+        None => lag.filter(|l| !l.stalls.is_empty()).map(|l| {
+            let longest = l.stalls.iter().map(|s| s.no_commit_for).max().unwrap_or_default();
+            let since = now - chrono::Duration::from_std(longest).unwrap_or_default();
+            Delayed {
+                reason: format!(
+                    "the consumers have stored nothing for {} s while {} records wait",
+                    longest.as_secs(),
+                    l.stalls.iter().map(|s| s.waiting).sum::<i64>()
+                ),
+                since: since.to_rfc3339_opts(SecondsFormat::Secs, true),
+            }
+        }),
+    };
+    Stats {
+        events_last_minute: hub.events_last_minute(now.timestamp()),
+        lag: waiting,
+        new_logs,
+        log_resets,
+        stalled,
+        delayed,
+        as_of: Some(now.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        lag_as_of: lag
+            .and_then(|l| l.measured_at)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        ..hub.stats()
     }
 }
 

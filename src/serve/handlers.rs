@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::time::Duration;
 use std::str::FromStr;
 
 use askama::Template;
@@ -141,19 +142,33 @@ pub async fn healthz() -> Result<impl Reply, Infallible> {
     Ok(warp::reply::json(&serde_json::json!({"status": "ok"})))
 }
 
-/// `GET /readyz`: the database answers.
+/// `/readyz` answers within this, whatever happens behind it.
+const READY_WITHIN: Duration = Duration::from_millis(1500);
+
+/// `GET /readyz`: this server can read new history (its feed answers) and
+/// the database answers now; 503 with the reason otherwise, within
+/// [`READY_WITHIN`].
 pub async fn readyz(app: App) -> Result<impl Reply, Infallible> {
-    Ok(match history::ping(&app.pool).await {
-        Ok(()) => warp::reply::with_status(
+    let trouble = match app.hub.feed_trouble() {
+        Some((reason, _)) => Some(reason),
+        None => match tokio::time::timeout(READY_WITHIN, history::ping(&app.pool)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(format!("PostgreSQL unreachable: {error}")),
+            Err(_) => Some(format!(
+                "PostgreSQL did not answer within {} s",
+                READY_WITHIN.as_secs_f64()
+            )),
+        },
+    };
+    Ok(match trouble {
+        None => warp::reply::with_status(
             warp::reply::json(&serde_json::json!({"status": "ready"})),
             StatusCode::OK,
         ),
-        Err(error) => {
-            tracing::warn!(%error, "not ready: database unreachable");
+        Some(reason) => {
+            tracing::debug!(%reason, "not ready");
             warp::reply::with_status(
-                warp::reply::json(
-                    &serde_json::json!({"status": "unavailable", "error": "database unreachable"}),
-                ),
+                warp::reply::json(&serde_json::json!({"status": "unavailable", "error": reason})),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
         }

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use tokio::sync::broadcast;
@@ -50,7 +50,26 @@ struct Shared {
     last_id: i64,
     trending: Vec<TrendingItem>,
     stats: Stats,
+    /// When the figures in `stats` were made.
+    stats_at: Option<Instant>,
+    feed: Feed,
+    /// Rows committed per second (unix seconds), for "events in the last minute".
+    per_second: VecDeque<(i64, u64)>,
 }
+
+/// Whether this server can read new history.
+#[derive(Debug, Default, Clone)]
+struct Feed {
+    /// The last read of new history that answered.
+    read_at: Option<Instant>,
+    /// Since when reads fail, and the last failure.
+    failing: Option<(Instant, chrono::DateTime<chrono::Utc>, String)>,
+}
+
+/// A read of new history that has not answered for this long means the
+/// server cannot follow the history (reads run every two seconds and take
+/// milliseconds).
+pub const FEED_STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// Counters the connections add to, looked up once (a lookup per message
 /// would cost more than the message).
@@ -170,18 +189,91 @@ impl Hub {
 
     /// Replaces the figures and broadcasts them.
     pub fn set_stats(&self, stats: Stats) {
-        let frame = Frame::json(&ServerMessage::Stats(stats.clone()));
-        self.write().stats = stats;
+        {
+            let mut shared = self.write();
+            shared.stats = stats;
+            shared.stats_at = Some(Instant::now());
+        }
+        let frame = Frame::json(&ServerMessage::Stats(self.stats()));
         self.send(Broadcast::Stats(frame));
     }
 
-    /// The latest figures, with this process's live counts.
+    /// The latest figures, with this process's live counts and their age.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.read().stats.clone();
+        let (mut stats, at) = {
+            let shared = self.read();
+            (shared.stats.clone(), shared.stats_at)
+        };
         stats.connections = self.connections();
         stats.rooms = self.rooms();
         stats.uptime_seconds = self.started.elapsed().as_secs();
+        stats.age_seconds = at.map(|at| (at.elapsed().as_secs_f64() * 10.0).round() / 10.0);
         stats
+    }
+
+    /// A read of new history answered.
+    pub fn feed_read(&self) {
+        let mut shared = self.write();
+        shared.feed.read_at = Some(Instant::now());
+        if let Some((since, _, _)) = shared.feed.failing.take() {
+            tracing::info!(
+                "reading new history again after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// A read of new history failed with `error`.
+    pub fn feed_failed(&self, error: String) {
+        let mut shared = self.write();
+        match &mut shared.feed.failing {
+            Some((_, _, last)) => *last = error,
+            None => {
+                tracing::warn!(%error, "cannot read new history; retrying (clients get what they missed once it answers)");
+                shared.feed.failing = Some((Instant::now(), chrono::Utc::now(), error));
+            }
+        }
+    }
+
+    /// Why this server cannot read new history, and since when (RFC 3339);
+    /// `None` when it can.
+    pub fn feed_trouble(&self) -> Option<(String, String)> {
+        let feed = self.read().feed.clone();
+        if let Some((_, since, error)) = feed.failing {
+            return Some((
+                format!("this server cannot read new history from PostgreSQL: {error}"),
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ));
+        }
+        let quiet = feed.read_at.map(|at| at.elapsed())?;
+        (quiet > FEED_STUCK_AFTER).then(|| {
+            let since = chrono::Utc::now() - chrono::Duration::from_std(quiet).unwrap_or_default();
+            (
+                format!(
+                    "this server's read of new history has had no answer from PostgreSQL for {} s",
+                    quiet.as_secs()
+                ),
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        })
+    }
+
+    /// Counts `n` rows committed in unix second `second`.
+    pub fn count_events(&self, second: i64, n: u64) {
+        let mut shared = self.write();
+        match shared.per_second.back_mut() {
+            Some((s, count)) if *s == second => *count += n,
+            _ => shared.per_second.push_back((second, n)),
+        }
+    }
+
+    /// Rows committed in the minute before `now` (unix seconds); older counts are forgotten.
+    pub fn events_last_minute(&self, now: i64) -> u64 {
+        let mut shared = self.write();
+        while shared.per_second.front().is_some_and(|(s, _)| *s <= now - 60) {
+            shared.per_second.pop_front();
+        }
+        shared.per_second.iter().map(|(_, n)| n).sum()
     }
 
     /// The current ranking.

@@ -85,7 +85,22 @@ pub async fn run(
     crate::metrics::handle();
     connection_budget(settings.max_connections);
     let hub = Arc::new(Hub::new());
-    let follower = follow::Follower::start(settings.follow, pool.clone(), kafka, Arc::clone(&hub)).await?;
+    let (lag_tx, lag_rx) = tokio::sync::watch::channel(None);
+    let measuring = kafka.map(|kafka| {
+        let source = crate::lag::Source {
+            kafka,
+            pool: pool.clone(),
+            group: settings.follow.group.clone(),
+            topic: settings.follow.topic.clone(),
+        };
+        AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(source, lag_tx, shutdown.clone())))
+    });
+    let figures = AbortOnDropHandle::new(tokio::spawn(follow::figures(
+        Arc::clone(&hub),
+        lag_rx,
+        shutdown.clone(),
+    )));
+    let follower = follow::Follower::start(settings.follow, pool.clone(), Arc::clone(&hub)).await?;
     let following = AbortOnDropHandle::new(tokio::spawn(follower.run(db, shutdown.clone())));
     let sockets = TaskTracker::new();
     let beating = AbortOnDropHandle::new(tokio::spawn(ws::heartbeat(Arc::clone(&hub), shutdown.clone())));
@@ -99,6 +114,10 @@ pub async fn run(
     let routes = routes::routes(app, shutdown.clone());
     server::run(listener, routes, sockets, shutdown).await;
     let _ = following.await;
+    let _ = figures.await;
+    if let Some(measuring) = measuring {
+        let _ = measuring.await;
+    }
     let _ = beating.await;
     tracing::info!("server stopped");
     Ok(())

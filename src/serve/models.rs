@@ -59,7 +59,35 @@ pub struct Stats {
     pub new_logs: BTreeMap<String, NewLogSeen>,
     /// Per partition, how many times its log has started again.
     pub log_resets: BTreeMap<String, i32>,
+    /// Partitions with records waiting and no commit for a while.
+    pub stalled: BTreeMap<String, StallSeen>,
+    /// Why the data this server shows is behind, when it is: it cannot
+    /// read new history, or the consumers have stalled. `null` when not.
+    pub delayed: Option<Delayed>,
+    /// When these figures were measured (RFC 3339).
+    pub as_of: Option<String>,
+    /// How old they are, in seconds, as this message leaves.
+    pub age_seconds: Option<f64>,
+    /// When the lag was last measured (RFC 3339); `null` while unknown.
+    pub lag_as_of: Option<String>,
     pub uptime_seconds: u64,
+}
+
+/// A stalled partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StallSeen {
+    pub waiting: i64,
+    pub no_commit_for_seconds: u64,
+}
+
+/// Why the data is behind, in words, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delayed {
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// A partition seen on a new log.

@@ -119,7 +119,32 @@ pub enum CommitError {
     Data(String),
     /// Anything else: connection, pool, server restarting.
     Unavailable(String),
+    /// The lease of these partitions is no longer this process's (see
+    /// [`Fence`]): another consumer reads them now.
+    Fenced(Vec<i32>),
+    /// PostgreSQL did not answer within this long.
+    TimedOut(std::time::Duration),
 }
+
+/// The lease a batch is written under: the advisory locks of `key` that the
+/// lease session (backend `pid`) holds, one per partition (see
+/// `consume::leases`). A batch whose partitions that session no longer
+/// holds — it was frozen or cut off long enough for PostgreSQL to end it,
+/// and another consumer took them over — is refused for those partitions,
+/// in the same transaction that would have written it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The partitions' advisory-lock key space.
+    pub key: i32,
+    /// The backend of the session holding the locks.
+    pub pid: i32,
+}
+
+/// Of `partitions`, those whose lock under `key` the backend `pid` holds.
+const HELD_PARTITIONS: &str = "SELECT objid::int8 FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+       AND classid = $1::int8::oid AND pid = $2 AND objid::int8 = ANY($3) \
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
 impl CommitError {
     /// Sorts a driver error: a refusal of the data, a duplicate, or trouble.
@@ -234,9 +259,16 @@ pub async fn write(
     topic: &str,
     batch: &Batch,
     mode: Mode,
+    fence: Option<Fence>,
 ) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, mode);
     lock_commit_order(tx).await.map_err(classify)?;
+    if let Some(fence) = fence {
+        let lost = lost_partitions(tx, fence, batch).await.map_err(classify)?;
+        if !lost.is_empty() {
+            return Err(CommitError::Fenced(lost));
+        }
+    }
     let stale = stale_partitions(tx, group, topic, batch)
         .await
         .map_err(classify)?;
@@ -299,6 +331,27 @@ pub async fn write(
             .map_err(classify)?;
     }
     Ok(written)
+}
+
+/// Partitions of `batch` whose lease `fence` no longer holds.
+async fn lost_partitions(
+    tx: &Transaction<'_>,
+    fence: Fence,
+    batch: &Batch,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let wanted: Vec<i64> = batch.positions.keys().map(|p| i64::from(*p)).collect();
+    let held: HashSet<i64> = tx
+        .query(HELD_PARTITIONS, &[&i64::from(fence.key), &fence.pid, &wanted])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(batch
+        .positions
+        .keys()
+        .copied()
+        .filter(|p| !held.contains(&i64::from(*p)))
+        .collect())
 }
 
 /// Partitions of `batch` whose stored position is on another log.

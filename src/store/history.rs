@@ -105,7 +105,7 @@ fn stored_event(row: &Row) -> Option<StoredEvent> {
 
 /// History rows after `id`, oldest first, at most `limit`.
 pub async fn rows_after(pool: &Pool, id: i64, limit: i64) -> Result<Vec<StoredEvent>> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let sql = format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE id > $1 ORDER BY id LIMIT $2");
     let rows = db.query(&sql, &[&id, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
@@ -118,7 +118,7 @@ pub async fn latest(
     mal_id: Option<i32>,
     before: Option<i64>,
 ) -> Result<Vec<StoredEvent>> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM popularity_events \
          WHERE ($2::int4 IS NULL OR mal_id = $2) AND ($3::int8 IS NULL OR id < $3) \
@@ -130,7 +130,7 @@ pub async fn latest(
 
 /// History committed in the last `seconds`, newest first, at most `limit` rows.
 pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredEvent>> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM popularity_events \
          WHERE ingested_at > now() - make_interval(secs => $1) ORDER BY id DESC LIMIT $2"
@@ -141,7 +141,7 @@ pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredE
 
 /// The highest history id (0 when there is none).
 pub async fn last_id(pool: &Pool) -> Result<i64> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let row = db
         .query_one("SELECT coalesce(max(id), 0) FROM popularity_events", &[])
         .await?;
@@ -150,7 +150,7 @@ pub async fn last_id(pool: &Pool) -> Result<i64> {
 
 /// Every anime the current state knows.
 pub async fn known_anime(pool: &Pool) -> Result<Vec<KnownAnime>> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let rows = db
         .query(
             "SELECT mal_id, title, current_score::float8, live_members FROM live_popularity",
@@ -174,7 +174,7 @@ pub const ANIME_HISTORY: i64 = 200;
 /// One anime's current state and its last [`ANIME_HISTORY`] events, newest
 /// first; `None` if it was never seen.
 pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<HistoryPoint>)>> {
-    let db = pool.get().await?;
+    let db = super::checkout(pool).await?;
     let current = db
         .query_opt(
             "SELECT mal_id, title, current_score::text, live_members, trending_rank, popularity_change::text, \
@@ -220,6 +220,6 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<H
 
 /// Whether the database answers.
 pub async fn ping(pool: &Pool) -> Result<()> {
-    pool.get().await?.query_one("SELECT 1", &[]).await?;
+    super::checkout(pool).await?.query_one("SELECT 1", &[]).await?;
     Ok(())
 }

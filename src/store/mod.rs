@@ -8,7 +8,6 @@
 //! * [`history`] — history rows and current state read back as events and
 //!   anime (for `serve`); both directions of event ↔ columns live here and
 //!   in [`batch`].
-//! * [`lag`] — how far a group is behind the broker's logs.
 //! * [`retention`] — deleting old history.
 //!
 //! Two names tie writers and readers together: every transaction that
@@ -18,13 +17,11 @@
 
 pub mod batch;
 pub mod history;
-pub mod lag;
 pub mod positions;
 pub mod retention;
 
-pub use batch::{Batch, CommitError, DeadLetter, Mode, Row, Written};
+pub use batch::{Batch, CommitError, DeadLetter, Fence, Mode, Row, Written};
 pub use history::{AnimeState, HistoryPoint, StoredEvent};
-pub use lag::{Lag, LagError, LogEnds, PartitionLag};
 pub use positions::{NewLog, Position};
 
 /// Advisory lock taken by every transaction that writes positions ("catlog-commit").
@@ -39,10 +36,121 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database query failed: {}", crate::db::error_text(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+impl crate::db::AsTimeout for StoreError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, Self::Db(e) if e.is_timeout())
+    }
 }
 
 /// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A pooled connection whose every query waits at most the pool's timeout
+/// (`DB_TIMEOUT`); one that timed out, or whose query was abandoned (the
+/// caller's own deadline), leaves the pool when dropped, since its answer
+/// may still be on the way.
+pub struct Bounded {
+    db: Option<deadpool_postgres::Object>,
+    limit: std::time::Duration,
+    /// The connection may still owe an answer: do not reuse it.
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+/// Checks a connection out of `pool` (bounded by the pool's wait timeout).
+pub async fn checkout(pool: &deadpool_postgres::Pool) -> Result<Bounded> {
+    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
+    let db = crate::db::bounded(limit, "a pool checkout", async { Ok::<_, StoreError>(pool.get().await?) }).await?;
+    Ok(Bounded {
+        db: Some(db),
+        limit,
+        timed_out: Default::default(),
+    })
+}
+
+impl Bounded {
+    fn client(&self) -> &deadpool_postgres::Object {
+        // Only `Drop` takes it.
+        self.db.as_ref().unwrap_or_else(|| unreachable!("a connection used after drop"))
+    }
+
+    async fn run<T>(
+        &self,
+        what: &'static str,
+        work: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        use std::sync::atomic::Ordering;
+        // Set while a query waits: dropped then, the connection is abandoned mid-query.
+        self.timed_out.store(true, Ordering::Relaxed);
+        let result = crate::db::bounded(self.limit, what, async { Ok::<_, StoreError>(work.await?) }).await;
+        self.timed_out.store(false, Ordering::Relaxed);
+        if result.as_ref().is_err_and(crate::db::AsTimeout::is_timeout) {
+            self.timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// `query`, bounded.
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>>
+    where
+        T: ?Sized + tokio_postgres::ToStatement,
+    {
+        self.run("a query", self.client().query(statement, params)).await
+    }
+
+    /// `query_one`, bounded.
+    pub async fn query_one<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row>
+    where
+        T: ?Sized + tokio_postgres::ToStatement,
+    {
+        self.run("a query", self.client().query_one(statement, params)).await
+    }
+
+    /// `query_opt`, bounded.
+    pub async fn query_opt<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>>
+    where
+        T: ?Sized + tokio_postgres::ToStatement,
+    {
+        self.run("a query", self.client().query_opt(statement, params)).await
+    }
+
+    /// `execute`, bounded.
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64>
+    where
+        T: ?Sized + tokio_postgres::ToStatement,
+    {
+        self.run("a statement", self.client().execute(statement, params)).await
+    }
+}
+
+impl Drop for Bounded {
+    fn drop(&mut self) {
+        if self.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(db) = self.db.take()
+        {
+            drop(deadpool_postgres::Object::take(db));
+        }
+    }
+}
 
 /// Takes [`COMMIT_ORDER_LOCK`] for the rest of `tx`.
 async fn lock_commit_order(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {

@@ -55,6 +55,25 @@ pub async fn positions(
         .collect())
 }
 
+/// How long since each stored position of a group on a topic last moved.
+pub async fn since_moved(
+    db: &impl GenericClient,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, std::time::Duration>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT partition, greatest(extract(epoch FROM now() - updated_at), 0)::float8 \
+             FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), std::time::Duration::from_secs_f64(r.get(1))))
+        .collect())
+}
+
 /// A partition found on a new log, and where reading starts in it.
 #[derive(Debug, Clone)]
 pub struct NewLog {

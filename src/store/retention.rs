@@ -24,8 +24,8 @@ const DELETE_OLD: &str = "DELETE FROM popularity_events WHERE id IN ( \
 
 /// Deletes one batch of history older than `days`; returns the rows deleted.
 pub async fn delete_batch(pool: &Pool, days: i32, limit: i64) -> Result<u64> {
-    let db = pool.get().await?;
-    Ok(db.execute(DELETE_OLD, &[&days, &limit]).await?)
+    let db = super::checkout(pool).await?;
+    db.execute(DELETE_OLD, &[&days, &limit]).await
 }
 
 /// One sweep: batches until nothing older than `days` is left, or shutdown.

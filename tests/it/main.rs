@@ -10,6 +10,7 @@ mod compose;
 mod crash_safety;
 mod doctor;
 mod faults;
+mod hangs;
 mod monitoring;
 mod offset_mirror;
 mod pipeline;

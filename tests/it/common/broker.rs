@@ -122,6 +122,8 @@ struct ProxyState {
     frozen: watch::Sender<bool>,
     /// Request API keys that close the connection that sends them.
     blocked: Mutex<HashSet<i16>>,
+    /// Freeze right after forwarding a request that holds these bytes.
+    freeze_after: Mutex<Option<Vec<u8>>>,
     /// Whether the traffic is Kafka requests (read one by one).
     kafka: bool,
 }
@@ -157,6 +159,7 @@ impl Proxy {
             generation: watch::channel(0).0,
             frozen: watch::channel(false).0,
             blocked: Mutex::new(HashSet::new()),
+            freeze_after: Mutex::new(None),
             kafka,
         });
         let (stop, mut stopped) = watch::channel(());
@@ -217,6 +220,19 @@ impl Proxy {
         self.state.frozen.send_replace(true);
     }
 
+    /// Forwards until a client sends bytes holding `pattern` (say, a query's
+    /// text): that request goes through, then the proxy freezes — so the
+    /// freeze falls at a chosen point of a conversation, such as inside a
+    /// transaction that holds a lock.
+    pub fn freeze_after(&self, pattern: &[u8]) {
+        *self.state.freeze_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(pattern.to_vec());
+    }
+
+    /// Whether the proxy is frozen.
+    pub fn is_frozen(&self) -> bool {
+        *self.state.frozen.borrow()
+    }
+
     /// Forwards again, starting with what was held.
     pub fn thaw(&self) {
         self.state.frozen.send_replace(false);
@@ -247,7 +263,7 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     let requests = async {
         let _: Option<()> = async {
             if !state.kafka {
-                return pipe(&mut client_read, &mut server_write, &state).await;
+                return pipe(&mut client_read, &mut server_write, &state, true).await;
             }
             // Kafka requests: a 4-byte size, then the body, whose first two
             // bytes are the API key.
@@ -271,7 +287,7 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
         }
         .await;
     };
-    let responses = pipe(&mut server_read, &mut client_write, &state);
+    let responses = pipe(&mut server_read, &mut client_write, &state, false);
     tokio::select! {
         _ = requests => {}
         _ = responses => {}
@@ -279,11 +295,13 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     }
 }
 
-/// Copies `from` into `to`, holding each chunk while the proxy is frozen.
+/// Copies `from` into `to`, holding each chunk while the proxy is frozen;
+/// `requests` when the bytes come from the client.
 async fn pipe(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     state: &ProxyState,
+    requests: bool,
 ) -> Option<()> {
     let mut buffer = vec![0; 64 * 1024];
     loop {
@@ -292,7 +310,15 @@ async fn pipe(
             return None;
         }
         state.thawed().await;
-        to.write_all(&buffer[..n]).await.ok()?;
+        let chunk = &buffer[..n];
+        to.write_all(chunk).await.ok()?;
+        if requests {
+            let mut armed = state.freeze_after.lock().unwrap_or_else(|p| p.into_inner());
+            if armed.as_ref().is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice())) {
+                *armed = None;
+                state.frozen.send_replace(true);
+            }
+        }
     }
 }
 

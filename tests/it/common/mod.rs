@@ -125,6 +125,22 @@ impl TestDb {
         client
     }
 
+    /// Its URL with the server at 127.0.0.1:`port` instead (a proxy in front of it).
+    pub fn url_via(&self, port: u16) -> String {
+        let mut url = url::Url::parse(&self.url).unwrap_or_else(|e| panic!("{}: {e}", self.url));
+        url.set_host(Some("127.0.0.1")).unwrap_or_else(|e| panic!("{e}"));
+        url.set_port(Some(port)).unwrap_or_else(|()| panic!("no port in {}", self.url));
+        url.to_string()
+    }
+
+    /// The PostgreSQL server's port.
+    pub fn server_port(&self) -> u16 {
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.port())
+            .unwrap_or(5432)
+    }
+
     /// The first column of the first row of `sql` as i64 (0 when the database is not there yet).
     pub async fn count(&self, sql: &str) -> i64 {
         match tokio_postgres::connect(&self.url, NoTls).await {

@@ -1,0 +1,306 @@
+//! Hung connections, the fault networks have most: a peer that keeps its
+//! connection open and carries nothing (a stop-the-world pause, a firewall
+//! that drops a flow without a reset, a partition). The real binary runs as
+//! child processes; one of them reaches PostgreSQL through a proxy the test
+//! *freezes* (every connection held open, nothing forwarded). What was
+//! published is counted against what was stored, and what a client
+//! received against the history.
+
+use crate::common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::broker::Proxy;
+use common::{Proc, TestDb, TestTopic, broker, catlog, event_id, free_port, log_records, wait_until};
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::faults::assert_all_stored_once;
+
+/// Short limits, so the faults play out in seconds: PostgreSQL ends a
+/// consumer's silent lease session after 6 s, and any query or lock wait
+/// after 3 s.
+const SESSION_TIMEOUT: &str = "6s";
+const DB_TIMEOUT: &str = "3s";
+
+fn with_limits(mut cmd: Command) -> Command {
+    cmd.env("CONSUMER_SESSION_TIMEOUT", SESSION_TIMEOUT)
+        .env("DB_TIMEOUT", DB_TIMEOUT)
+        .env("KAFKA_OFFSET_MIRROR", "false");
+    cmd
+}
+
+/// The newest offset stored per partition.
+async fn newest_offsets(db: &TestDb) -> BTreeMap<i32, i64> {
+    db.connect()
+        .await
+        .query(
+            r#"SELECT partition, max("offset") FROM popularity_events GROUP BY partition"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Sessions of the test's database idle inside a transaction that holds an
+/// advisory lock: a writer frozen mid-batch, holding the commit order.
+async fn frozen_mid_batch(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT count(DISTINCT a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.state = 'idle in transaction' \
+           AND a.datname = current_database()",
+    )
+    .await
+}
+
+fn acquired(consumer: &Proc) -> usize {
+    consumer.output().matches("acquired partition").count()
+}
+
+/// Consumer A reaches PostgreSQL through `proxy`, consumer B directly;
+/// events flow on all four partitions and both hold some.
+async fn two_consumers(db: &TestDb, topic: &TestTopic, proxy: &Proxy) -> (Proc, Proc, Proc) {
+    let a = Proc::spawn(
+        with_limits(catlog(&["consume"], &topic.name, &db.url_via(proxy.port()))),
+        "consume-a",
+    );
+    wait_until(Duration::from_secs(30), "consumer A to hold partitions", || async {
+        acquired(&a) >= 1
+    })
+    .await;
+    let b = Proc::spawn(with_limits(catlog(&["consume"], &topic.name, &db.url)), "consume-b");
+    let producer = Proc::spawn(
+        catlog(&["produce", "--rate", "100", "--seed", "15"], &topic.name, &db.url),
+        "produce",
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "both consumers to share the partitions and events to flow on all four",
+        || async { acquired(&b) >= 1 && newest_offsets(db).await.len() == 4 },
+    )
+    .await;
+    (a, b, producer)
+}
+
+/// Waits until every partition stores a record newer than `before`; how long it took.
+async fn every_partition_moves(db: &TestDb, before: &BTreeMap<i32, i64>, what: &str) -> Duration {
+    let started = Instant::now();
+    wait_until(Duration::from_secs(90), what, || async {
+        let now = newest_offsets(db).await;
+        before.iter().all(|(p, o)| now.get(p).is_some_and(|n| n > o))
+    })
+    .await;
+    started.elapsed()
+}
+
+/// After the freeze: the producer stops, and every published event is
+/// stored once, nothing else.
+async fn all_published_stored_once(db: &TestDb, topic: &TestTopic, mut producer: Proc, consumer: &Proc) -> usize {
+    assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
+    let records = log_records(&broker(), &topic.name).await;
+    let published: HashSet<Uuid> = records.iter().map(|(_, _, r)| event_id(r)).collect();
+    assert_all_stored_once(db, &published, consumer, Duration::from_secs(60)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM popularity_events").await,
+        published.len() as i64,
+        "nothing else stored"
+    );
+    published.len()
+}
+
+#[tokio::test]
+async fn a_consumer_frozen_mid_batch_loses_its_partitions_and_its_late_batch_changes_nothing() {
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::new(4).await;
+    let proxy = Proxy::tcp(db.server_port());
+    let (a, b, producer) = two_consumers(&db, &topic, &proxy).await;
+    let held_by_b = acquired(&b);
+
+    // A freezes right after asking for the commit-order lock: inside a
+    // transaction, holding the lock every writer takes.
+    proxy.freeze_after(b"pg_advisory_xact_lock");
+    wait_until(Duration::from_secs(30), "consumer A to freeze mid-batch", || async {
+        proxy.is_frozen()
+    })
+    .await;
+    let frozen = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "A's transaction to sit idle holding the commit lock",
+        || async { frozen_mid_batch(&db).await >= 1 },
+    )
+    .await;
+    let before = newest_offsets(&db).await;
+    let moving = every_partition_moves(&db, &before, "every partition, A's too, to move on without A").await;
+    assert!(acquired(&b) > held_by_b, "B took A's partitions over:\n{}", b.output());
+    assert_eq!(frozen_mid_batch(&db).await, 0, "no transaction of A's is left holding the lock");
+
+    // A wakes: its late batch is refused, and it says why.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let frozen_for = frozen.elapsed();
+    proxy.thaw();
+    wait_until(Duration::from_secs(30), "A to say it lost its partitions", || async {
+        a.output().contains("lost its lease")
+    })
+    .await;
+    let stored = all_published_stored_once(&db, &topic, producer, &b).await;
+    eprintln!(
+        "frozen mid-batch for {frozen_for:?}: every partition moving again {moving:?} after the freeze; \
+         {stored} events published, all stored once"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_frozen_between_batches_loses_its_partitions_within_the_session_timeout() {
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::new(4).await;
+    let proxy = Proxy::tcp(db.server_port());
+    let (a, b, producer) = two_consumers(&db, &topic, &proxy).await;
+    let held_by_b = acquired(&b);
+
+    // A freezes as it asks for its next partition lease round.
+    proxy.freeze_after(b"pg_locks");
+    wait_until(Duration::from_secs(30), "consumer A to freeze", || async { proxy.is_frozen() }).await;
+    let frozen = Instant::now();
+    let before = newest_offsets(&db).await;
+    let moving = every_partition_moves(&db, &before, "every partition, A's too, to move on without A").await;
+    assert!(acquired(&b) > held_by_b, "B took A's partitions over:\n{}", b.output());
+    let frozen_for = frozen.elapsed();
+    proxy.thaw();
+    wait_until(Duration::from_secs(30), "A to notice it lost its leases", || async {
+        let log = a.output();
+        log.contains("partition leases lost") || log.contains("lost its lease")
+    })
+    .await;
+    let stored = all_published_stored_once(&db, &topic, producer, &b).await;
+    eprintln!(
+        "frozen between batches for {frozen_for:?}: every partition moving again {moving:?} after the freeze; \
+         {stored} events published, all stored once"
+    );
+}
+
+async fn get(url: &str) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url} did not answer: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or_else(|e| panic!("{url}: no JSON: {e}"));
+    (status, body, started.elapsed())
+}
+
+#[tokio::test]
+async fn serve_frozen_from_postgres_says_so_and_every_client_gets_what_it_missed() {
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::new(2).await;
+    let proxy = Proxy::tcp(db.server_port());
+    let consumer = Proc::spawn(with_limits(catlog(&["consume"], &topic.name, &db.url)), "consume");
+    let producer = Proc::spawn(
+        catlog(&["produce", "--rate", "40", "--seed", "16"], &topic.name, &db.url),
+        "produce",
+    );
+    let port = free_port();
+    let mut serve = with_limits(catlog(&["serve"], &topic.name, &db.url_via(proxy.port())));
+    serve.env("LISTEN_ADDR", format!("127.0.0.1:{port}"));
+    let server = Proc::spawn(serve, "serve");
+    server.wait_for_port(port, Duration::from_secs(30));
+    let base = format!("http://127.0.0.1:{port}");
+
+    // A client that records every update id it gets, in order.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    let (ids_tx, mut ids) = tokio::sync::mpsc::unbounded_channel::<i64>();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Message::Text(text) = frame {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "update" {
+                    let _ = ids_tx.send(message["id"].as_i64().unwrap());
+                }
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), ids.recv())
+        .await
+        .expect("an update before the freeze")
+        .unwrap();
+
+    proxy.freeze();
+    let frozen = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut not_ready = None;
+    while not_ready.is_none() {
+        let (status, body, took) = get(&format!("{base}/readyz")).await;
+        slowest = slowest.max(took);
+        if status == 503 {
+            not_ready = Some((body, frozen.elapsed()));
+        }
+        assert!(frozen.elapsed() < Duration::from_secs(60), "/readyz stayed 200 while frozen");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (body, detected) = not_ready.unwrap_or_default();
+    let reason = body["error"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("PostgreSQL"), "names the cause: {body}");
+    wait_until(Duration::from_secs(30), "stats to say the data is delayed", || async {
+        let (_, stats, _) = get(&format!("{base}/api/live/stats")).await;
+        stats["delayed"]["reason"].as_str().is_some_and(|r| r.contains("history"))
+            && stats["asOf"].is_string()
+            && stats["ageSeconds"].is_number()
+    })
+    .await;
+    let (_, stats, took) = get(&format!("{base}/api/live/stats")).await;
+    slowest = slowest.max(took);
+    let frozen_for = frozen.elapsed();
+
+    proxy.thaw();
+    let thawed = Instant::now();
+    wait_until(Duration::from_secs(60), "/readyz to say ready again", || async {
+        get(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+    let recovered = thawed.elapsed();
+    let mut producer = producer;
+    assert_eq!(producer.terminate().code(), Some(0));
+    let published = log_records(&broker(), &topic.name).await.len() as i64;
+    wait_until(Duration::from_secs(60), "every event stored", || async {
+        db.count("SELECT count(*) FROM popularity_events").await == published
+    })
+    .await;
+    let last: i64 = db.count("SELECT max(id) FROM popularity_events").await;
+    let mut got = vec![first];
+    while got.last() != Some(&last) {
+        let id = tokio::time::timeout(Duration::from_secs(30), ids.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the client stopped at {:?} of {last}", got.last()))
+            .unwrap();
+        got.push(id);
+    }
+    reader.abort();
+    let history: Vec<i64> = db
+        .connect()
+        .await
+        .query("SELECT id FROM popularity_events WHERE id >= $1 ORDER BY id", &[&first])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, history, "the client got every update after its first, once, in order");
+    eprintln!(
+        "serve frozen for {frozen_for:?}: /readyz 503 after {detected:?} (\"{reason}\"), slowest answer \
+         {slowest:?}; stats said {}; ready again {recovered:?} after the thaw; the client got all {} \
+         updates once, in order",
+        stats["delayed"], got.len()
+    );
+    drop(consumer);
+}
