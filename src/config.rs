@@ -266,12 +266,19 @@ pub struct GroupArgs {
         value_name = "NAME"
     )]
     pub group_id: String,
+
+    /// A partition with records waiting and no commit for this long reads as
+    /// stalled (metrics, a warning, `doctor` FAIL, stats, the page).
+    #[arg(long = "stalled-after", env = "CONSUMER_STALLED_AFTER", default_value = "30s",
+          value_name = "DURATION", value_parser = parse_duration)]
+    pub stalled_after: Duration,
 }
 
 impl Default for GroupArgs {
     fn default() -> Self {
         Self {
             group_id: DEFAULT_GROUP_ID.to_owned(),
+            stalled_after: crate::lag::STALLED_AFTER,
         }
     }
 }

@@ -113,6 +113,7 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
             &session.client,
             &group.group_id,
             &kafka_args.topic,
+            group.stalled_after,
         )
         .await,
     );
@@ -299,6 +300,7 @@ async fn lag(
     db: &tokio_postgres::Client,
     group: &str,
     topic: &str,
+    stalled_after: Duration,
 ) -> Check {
     let (Some(client), Some(partitions)) = (client, partitions) else {
         return Check::warn(
@@ -314,10 +316,10 @@ async fn lag(
     };
     // A stall is a stall only if it is still there a moment later (a record
     // that just arrived on a partition idle for an hour looks the same).
-    if !lag.stall_candidates(lag::STALLED_AFTER).is_empty() {
+    if !lag.stall_candidates(stalled_after).is_empty() {
         tokio::time::sleep(STALL_RECHECK).await;
         if let Ok(mut again) = lag::measure(client, &mut ends, db, group, topic, partitions).await {
-            lag::confirm(&mut again, Some(&lag));
+            lag::confirm(&mut again, Some(&lag), stalled_after);
             lag = again;
         }
     }

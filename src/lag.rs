@@ -4,7 +4,7 @@
 //! schedule of its own by `consume` (its metrics) and `serve` (stats,
 //! metrics, the page) through [`watch`], and once by `doctor`.
 //!
-//! Records waiting and no commit for [`STALLED_AFTER`] is a *stalled*
+//! Records waiting and no commit for `CONSUMER_STALLED_AFTER` is a *stalled*
 //! partition: a consumer that is frozen, cut off, or blocked. It is said
 //! everywhere: a metric, one warning per streak, `doctor`, the stats.
 //!
@@ -28,8 +28,9 @@ use crate::kafka::{self, KafkaError, LogCheck};
 use crate::store::StoreError;
 use crate::store::positions::{self, Position};
 
-/// Records waiting and no commit for this long: the partition is stalled.
-/// Above the consumer's session timeout's default, so a member that froze
+/// The default of `CONSUMER_STALLED_AFTER`: records waiting and no commit
+/// for this long, and the partition is stalled. The consumer's session
+/// timeout's default, so a member that froze
 /// has been replaced by the time a partition reads as stalled, unless no
 /// live member is left.
 pub const STALLED_AFTER: Duration = Duration::from_secs(30);
@@ -184,7 +185,10 @@ impl Lag {
 
     /// Records waiting on every partition whose count is known.
     pub fn total(&self) -> i64 {
-        self.per_partition.values().filter_map(PartitionLag::waiting).sum()
+        self.per_partition
+            .values()
+            .filter_map(PartitionLag::waiting)
+            .sum()
     }
 
     /// Partitions whose stored position belongs to an older log.
@@ -227,12 +231,12 @@ pub async fn measure(
 
 /// Sets `lag.stalls` to the partitions stalled both in `lag` and in the
 /// measurement before it.
-pub fn confirm(lag: &mut Lag, before: Option<&Lag>) {
+pub fn confirm(lag: &mut Lag, before: Option<&Lag>, after: Duration) {
     let earlier: Vec<i32> = before
-        .map(|b| b.stall_candidates(STALLED_AFTER).iter().map(|s| s.partition).collect())
+        .map(|b| b.stall_candidates(after).iter().map(|s| s.partition).collect())
         .unwrap_or_default();
     lag.stalls = lag
-        .stall_candidates(STALLED_AFTER)
+        .stall_candidates(after)
         .into_iter()
         .filter(|s| earlier.contains(&s.partition))
         .collect();
@@ -245,6 +249,8 @@ pub struct Source {
     pub pool: Pool,
     pub group: String,
     pub topic: String,
+    /// `CONSUMER_STALLED_AFTER`.
+    pub stalled_after: Duration,
 }
 
 /// Measures the lag every [`MEASURE_EVERY`] until `shutdown`, whatever the
@@ -252,7 +258,11 @@ pub struct Source {
 /// on `latest`, sets the lag metrics, and warns once per stalled streak.
 /// Each measurement is bounded; one that does not answer publishes lag
 /// unknown, never the last figures as if they were current.
-pub async fn watch(source: Source, latest: tokio::sync::watch::Sender<Option<Lag>>, shutdown: CancellationToken) {
+pub async fn watch(
+    source: Source,
+    latest: tokio::sync::watch::Sender<Option<Lag>>,
+    shutdown: CancellationToken,
+) {
     let limit = source.pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
     let mut ends = LogEnds::default();
     let mut tick = tokio::time::interval(MEASURE_EVERY);
@@ -284,7 +294,7 @@ pub async fn watch(source: Source, latest: tokio::sync::watch::Sender<Option<Lag
                 continue;
             }
         };
-        confirm(&mut lag, before.as_ref());
+        confirm(&mut lag, before.as_ref(), source.stalled_after);
         publish_metrics(&lag);
         let stalls = &lag.stalls;
         if stalls.is_empty() {
@@ -306,7 +316,15 @@ async fn measure_on(source: &Source, ends: &mut LogEnds) -> Result<Lag, LagError
         .await?
         .unwrap_or_default();
     let db = source.pool.get().await.map_err(StoreError::from)?;
-    Ok(measure(&source.kafka, ends, &db, &source.group, &source.topic, &partitions).await?)
+    Ok(measure(
+        &source.kafka,
+        ends,
+        &db,
+        &source.group,
+        &source.topic,
+        &partitions,
+    )
+    .await?)
 }
 
 /// What stalled partitions mean, and what to check.

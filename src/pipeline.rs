@@ -297,6 +297,7 @@ async fn consume_stage(
         batch_size: options.batch_size as usize,
         fetch_wait_ms: options.fetch_wait_ms,
         session_timeout: options.session_timeout,
+        stalled_after: settings.group.stalled_after,
     };
     consume::run(
         consumer,
@@ -325,6 +326,7 @@ async fn serve_stage(
             group: settings.group.group_id.clone(),
             topic: settings.kafka.topic.clone(),
             broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
+            stalled_after: settings.group.stalled_after,
         },
         access: Access::new(options.api_token.clone(), options.allowed_origins.as_deref()),
         max_connections: options.max_connections as usize,

@@ -95,13 +95,18 @@ pub async fn run(
                     keys,
                     limit: db.timeout(),
                 };
-                lease.hold(&kafka, &topic, session_timeout, &holding, &shutdown).await
+                lease
+                    .hold(&kafka, &topic, session_timeout, &holding, &shutdown)
+                    .await
             }
             Err(e) => Err(e.into()),
         };
         holding.fence.send_replace(None);
         if !holding.owned.borrow().is_empty() {
-            tracing::warn!(group, "stopped reading every partition until the leases are held again");
+            tracing::warn!(
+                group,
+                "stopped reading every partition until the leases are held again"
+            );
         }
         holding.owned.send_replace(BTreeSet::new());
         if let Err(error) = result {
@@ -126,7 +131,11 @@ const UNLOCK: &str = "SELECT pg_advisory_unlock($1, $2)";
 
 impl Lease<'_> {
     /// One bounded query's single value.
-    async fn one<T>(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<T, ConsumeError>
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<T, ConsumeError>
     where
         T: for<'r> tokio_postgres::types::FromSql<'r>,
     {

@@ -52,6 +52,8 @@ pub struct ConsumerSettings {
     /// `CONSUMER_SESSION_TIMEOUT`: silence after which a member loses its
     /// partitions, and no commit with records waiting reads as stalled.
     pub session_timeout: std::time::Duration,
+    /// `CONSUMER_STALLED_AFTER`.
+    pub stalled_after: std::time::Duration,
 }
 
 /// Why a step of the consumer failed (it is retried).
@@ -115,6 +117,7 @@ pub async fn run(
             pool: pool.clone(),
             group: settings.group.clone(),
             topic: settings.topic.clone(),
+            stalled_after: settings.stalled_after,
         },
         lag_tx,
         shutdown.clone(),

@@ -339,7 +339,10 @@ async fn commit_in(
     mode: Mode,
 ) -> Result<Written, CommitError> {
     let pool = &sink.pool;
-    let db = pool.get().await.map_err(|e| CommitError::Unavailable(e.to_string()))?;
+    let db = pool
+        .get()
+        .await
+        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
     let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
     let classify = |e| CommitError::classify(e, mode);
     let mut db = db;
@@ -351,8 +354,7 @@ async fn commit_in(
     let fence = Some(fence);
     let work = async {
         let tx = db.transaction().await.map_err(classify)?;
-        let written =
-            store::batch::write(&tx, &settings.group, &settings.topic, batch, mode, fence).await?;
+        let written = store::batch::write(&tx, &settings.group, &settings.topic, batch, mode, fence).await?;
         tx.commit().await.map_err(classify)?;
         Ok(written)
     };
@@ -413,7 +415,10 @@ async fn start_new_log(
         Ok::<_, ConsumeError>(moved)
     };
     let result = crate::db::bounded(limit, "recording a new log", work).await;
-    if result.as_ref().is_err_and(|e| matches!(e, ConsumeError::Db(e) if crate::db::AsTimeout::is_timeout(e))) {
+    if result
+        .as_ref()
+        .is_err_and(|e| matches!(e, ConsumeError::Db(e) if crate::db::AsTimeout::is_timeout(e)))
+    {
         drop(deadpool_postgres::Object::take(db));
     }
     result

@@ -45,6 +45,8 @@ pub struct FollowSettings {
     pub group: String,
     pub topic: String,
     pub broadcast_every: Duration,
+    /// `CONSUMER_STALLED_AFTER`.
+    pub stalled_after: Duration,
 }
 
 /// Reads new history into the hub and keeps trending current.
@@ -182,7 +184,6 @@ impl Follower {
             }
         }
     }
-
 }
 
 /// Refreshes and broadcasts the figures every [`STATS_EVERY`] until

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
 use std::str::FromStr;
+use std::time::Duration;
 
 use askama::Template;
 use warp::http::StatusCode;

@@ -92,6 +92,7 @@ pub async fn run(
             pool: pool.clone(),
             group: settings.follow.group.clone(),
             topic: settings.follow.topic.clone(),
+            stalled_after: settings.follow.stalled_after,
         };
         AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(source, lag_tx, shutdown.clone())))
     });

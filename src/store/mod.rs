@@ -63,7 +63,10 @@ pub struct Bounded {
 /// Checks a connection out of `pool` (bounded by the pool's wait timeout).
 pub async fn checkout(pool: &deadpool_postgres::Pool) -> Result<Bounded> {
     let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
-    let db = crate::db::bounded(limit, "a pool checkout", async { Ok::<_, StoreError>(pool.get().await?) }).await?;
+    let db = crate::db::bounded(limit, "a pool checkout", async {
+        Ok::<_, StoreError>(pool.get().await?)
+    })
+    .await?;
     Ok(Bounded {
         db: Some(db),
         limit,
@@ -74,7 +77,9 @@ pub async fn checkout(pool: &deadpool_postgres::Pool) -> Result<Bounded> {
 impl Bounded {
     fn client(&self) -> &deadpool_postgres::Object {
         // Only `Drop` takes it.
-        self.db.as_ref().unwrap_or_else(|| unreachable!("a connection used after drop"))
+        self.db
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a connection used after drop"))
     }
 
     async fn run<T>(
@@ -114,7 +119,8 @@ impl Bounded {
     where
         T: ?Sized + tokio_postgres::ToStatement,
     {
-        self.run("a query", self.client().query_one(statement, params)).await
+        self.run("a query", self.client().query_one(statement, params))
+            .await
     }
 
     /// `query_opt`, bounded.
@@ -126,7 +132,8 @@ impl Bounded {
     where
         T: ?Sized + tokio_postgres::ToStatement,
     {
-        self.run("a query", self.client().query_opt(statement, params)).await
+        self.run("a query", self.client().query_opt(statement, params))
+            .await
     }
 
     /// `execute`, bounded.
@@ -138,7 +145,8 @@ impl Bounded {
     where
         T: ?Sized + tokio_postgres::ToStatement,
     {
-        self.run("a statement", self.client().execute(statement, params)).await
+        self.run("a statement", self.client().execute(statement, params))
+            .await
     }
 }
 

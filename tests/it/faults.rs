@@ -55,7 +55,12 @@ async fn stored_ids(db: &TestDb) -> BTreeMap<Uuid, i64> {
 
 /// Waits until every id of `published` is stored; then checks nothing is
 /// stored twice and the current state counted each stored event once.
-pub(crate) async fn assert_all_stored_once(db: &TestDb, published: &HashSet<Uuid>, consumer: &Proc, within: Duration) {
+pub(crate) async fn assert_all_stored_once(
+    db: &TestDb,
+    published: &HashSet<Uuid>,
+    consumer: &Proc,
+    within: Duration,
+) {
     wait_until(
         within,
         &format!("{} published events to be stored", published.len()),

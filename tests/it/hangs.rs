@@ -70,13 +70,22 @@ async fn two_consumers(db: &TestDb, topic: &TestTopic, proxy: &Proxy) -> (Proc, 
         with_limits(catlog(&["consume"], &topic.name, &db.url_via(proxy.port()))),
         "consume-a",
     );
-    wait_until(Duration::from_secs(30), "consumer A to hold partitions", || async {
-        acquired(&a) >= 1
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "consumer A to hold partitions",
+        || async { acquired(&a) >= 1 },
+    )
     .await;
-    let b = Proc::spawn(with_limits(catlog(&["consume"], &topic.name, &db.url)), "consume-b");
+    let b = Proc::spawn(
+        with_limits(catlog(&["consume"], &topic.name, &db.url)),
+        "consume-b",
+    );
     let producer = Proc::spawn(
-        catlog(&["produce", "--rate", "100", "--seed", "15"], &topic.name, &db.url),
+        catlog(
+            &["produce", "--rate", "100", "--seed", "15"],
+            &topic.name,
+            &db.url,
+        ),
         "produce",
     );
     wait_until(
@@ -101,7 +110,12 @@ async fn every_partition_moves(db: &TestDb, before: &BTreeMap<i32, i64>, what: &
 
 /// After the freeze: the producer stops, and every published event is
 /// stored once, nothing else.
-async fn all_published_stored_once(db: &TestDb, topic: &TestTopic, mut producer: Proc, consumer: &Proc) -> usize {
+async fn all_published_stored_once(
+    db: &TestDb,
+    topic: &TestTopic,
+    mut producer: Proc,
+    consumer: &Proc,
+) -> usize {
     assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
     let records = log_records(&broker(), &topic.name).await;
     let published: HashSet<Uuid> = records.iter().map(|(_, _, r)| event_id(r)).collect();
@@ -125,9 +139,11 @@ async fn a_consumer_frozen_mid_batch_loses_its_partitions_and_its_late_batch_cha
     // A freezes right after asking for the commit-order lock: inside a
     // transaction, holding the lock every writer takes.
     proxy.freeze_after(b"pg_advisory_xact_lock");
-    wait_until(Duration::from_secs(30), "consumer A to freeze mid-batch", || async {
-        proxy.is_frozen()
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "consumer A to freeze mid-batch",
+        || async { proxy.is_frozen() },
+    )
     .await;
     let frozen = Instant::now();
     wait_until(
@@ -138,16 +154,26 @@ async fn a_consumer_frozen_mid_batch_loses_its_partitions_and_its_late_batch_cha
     .await;
     let before = newest_offsets(&db).await;
     let moving = every_partition_moves(&db, &before, "every partition, A's too, to move on without A").await;
-    assert!(acquired(&b) > held_by_b, "B took A's partitions over:\n{}", b.output());
-    assert_eq!(frozen_mid_batch(&db).await, 0, "no transaction of A's is left holding the lock");
+    assert!(
+        acquired(&b) > held_by_b,
+        "B took A's partitions over:\n{}",
+        b.output()
+    );
+    assert_eq!(
+        frozen_mid_batch(&db).await,
+        0,
+        "no transaction of A's is left holding the lock"
+    );
 
     // A wakes: its late batch is refused, and it says why.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let frozen_for = frozen.elapsed();
     proxy.thaw();
-    wait_until(Duration::from_secs(30), "A to say it lost its partitions", || async {
-        a.output().contains("lost its lease")
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "A to say it lost its partitions",
+        || async { a.output().contains("lost its lease") },
+    )
     .await;
     let stored = all_published_stored_once(&db, &topic, producer, &b).await;
     eprintln!(
@@ -166,17 +192,28 @@ async fn a_consumer_frozen_between_batches_loses_its_partitions_within_the_sessi
 
     // A freezes as it asks for its next partition lease round.
     proxy.freeze_after(b"pg_locks");
-    wait_until(Duration::from_secs(30), "consumer A to freeze", || async { proxy.is_frozen() }).await;
+    wait_until(Duration::from_secs(30), "consumer A to freeze", || async {
+        proxy.is_frozen()
+    })
+    .await;
     let frozen = Instant::now();
     let before = newest_offsets(&db).await;
     let moving = every_partition_moves(&db, &before, "every partition, A's too, to move on without A").await;
-    assert!(acquired(&b) > held_by_b, "B took A's partitions over:\n{}", b.output());
+    assert!(
+        acquired(&b) > held_by_b,
+        "B took A's partitions over:\n{}",
+        b.output()
+    );
     let frozen_for = frozen.elapsed();
     proxy.thaw();
-    wait_until(Duration::from_secs(30), "A to notice it lost its leases", || async {
-        let log = a.output();
-        log.contains("partition leases lost") || log.contains("lost its lease")
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "A to notice it lost its leases",
+        || async {
+            let log = a.output();
+            log.contains("partition leases lost") || log.contains("lost its lease")
+        },
+    )
     .await;
     let stored = all_published_stored_once(&db, &topic, producer, &b).await;
     eprintln!(
@@ -194,7 +231,10 @@ async fn get(url: &str) -> (u16, serde_json::Value, Duration) {
         .await
         .unwrap_or_else(|e| panic!("{url} did not answer: {e}"));
     let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or_else(|e| panic!("{url}: no JSON: {e}"));
+    let body = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: no JSON: {e}"));
     (status, body, started.elapsed())
 }
 
@@ -245,18 +285,27 @@ async fn serve_frozen_from_postgres_says_so_and_every_client_gets_what_it_missed
         if status == 503 {
             not_ready = Some((body, frozen.elapsed()));
         }
-        assert!(frozen.elapsed() < Duration::from_secs(60), "/readyz stayed 200 while frozen");
+        assert!(
+            frozen.elapsed() < Duration::from_secs(60),
+            "/readyz stayed 200 while frozen"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (body, detected) = not_ready.unwrap_or_default();
     let reason = body["error"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("PostgreSQL"), "names the cause: {body}");
-    wait_until(Duration::from_secs(30), "stats to say the data is delayed", || async {
-        let (_, stats, _) = get(&format!("{base}/api/live/stats")).await;
-        stats["delayed"]["reason"].as_str().is_some_and(|r| r.contains("history"))
-            && stats["asOf"].is_string()
-            && stats["ageSeconds"].is_number()
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "stats to say the data is delayed",
+        || async {
+            let (_, stats, _) = get(&format!("{base}/api/live/stats")).await;
+            stats["delayed"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("history"))
+                && stats["asOf"].is_string()
+                && stats["ageSeconds"].is_number()
+        },
+    )
     .await;
     let (_, stats, took) = get(&format!("{base}/api/live/stats")).await;
     slowest = slowest.max(took);
@@ -289,18 +338,136 @@ async fn serve_frozen_from_postgres_says_so_and_every_client_gets_what_it_missed
     let history: Vec<i64> = db
         .connect()
         .await
-        .query("SELECT id FROM popularity_events WHERE id >= $1 ORDER BY id", &[&first])
+        .query(
+            "SELECT id FROM popularity_events WHERE id >= $1 ORDER BY id",
+            &[&first],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(got, history, "the client got every update after its first, once, in order");
+    assert_eq!(
+        got, history,
+        "the client got every update after its first, once, in order"
+    );
     eprintln!(
         "serve frozen for {frozen_for:?}: /readyz 503 after {detected:?} (\"{reason}\"), slowest answer \
          {slowest:?}; stats said {}; ready again {recovered:?} after the thaw; the client got all {} \
          updates once, in order",
-        stats["delayed"], got.len()
+        stats["delayed"],
+        got.len()
     );
     drop(consumer);
+}
+
+/// `doctor`'s lag line, as a user runs it.
+fn doctor_lag(topic: &str, db: &TestDb) -> String {
+    let mut cmd = with_limits(catlog(&["doctor"], topic, &db.url));
+    cmd.env("RUST_LOG", "off").env("CONSUMER_STALLED_AFTER", "4s");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("lag"))
+        .unwrap_or_else(|| panic!("no lag line in:\n{stdout}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_group_is_said_by_doctor_stats_and_metrics_and_catches_up() {
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::new(2).await;
+    let proxy = Proxy::tcp(db.server_port());
+    let stalled_after = |mut cmd: Command| {
+        cmd.env("CONSUMER_STALLED_AFTER", "4s");
+        cmd
+    };
+    let consumer = Proc::spawn(
+        stalled_after(with_limits(catlog(
+            &["consume"],
+            &topic.name,
+            &db.url_via(proxy.port()),
+        ))),
+        "consume",
+    );
+    let producer = Proc::spawn(
+        catlog(&["produce", "--rate", "40", "--seed", "17"], &topic.name, &db.url),
+        "produce",
+    );
+    let port = free_port();
+    let mut serve = stalled_after(with_limits(catlog(&["serve"], &topic.name, &db.url)));
+    serve.env("LISTEN_ADDR", format!("127.0.0.1:{port}"));
+    let server = Proc::spawn(serve, "serve");
+    server.wait_for_port(port, Duration::from_secs(30));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(
+        Duration::from_secs(60),
+        "events stored on both partitions",
+        || async { newest_offsets(&db).await.len() == 2 },
+    )
+    .await;
+    assert!(doctor_lag(&topic.name, &db).starts_with("PASS"));
+
+    // The only consumer freezes: records keep coming, nothing is committed.
+    proxy.freeze();
+    let frozen = Instant::now();
+    let waiting = |stats: &serde_json::Value| -> i64 {
+        stats["lag"]
+            .as_object()
+            .map_or(0, |l| l.values().filter_map(|v| v.as_i64()).sum())
+    };
+    let first_lag = waiting(&get(&format!("{base}/api/live/stats")).await.1);
+    wait_until(
+        Duration::from_secs(60),
+        "stats to say the group is stalled",
+        || async {
+            let (_, stats, _) = get(&format!("{base}/api/live/stats")).await;
+            stats["stalled"].as_object().is_some_and(|s| !s.is_empty())
+                && stats["delayed"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("consumers"))
+        },
+    )
+    .await;
+    let detected = frozen.elapsed();
+    let (_, stats, _) = get(&format!("{base}/api/live/stats")).await;
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("catlog_consumer_stalled{") && l.ends_with(" 1")),
+        "a stalled partition in the metrics:\n{metrics}"
+    );
+    let doctor = doctor_lag(&topic.name, &db);
+    assert!(doctor.starts_with("FAIL"), "{doctor}");
+    assert!(
+        doctor.contains("stalled") && doctor.contains("no commit for"),
+        "{doctor}"
+    );
+    let lag_at_detection = waiting(&stats);
+    assert!(
+        lag_at_detection > first_lag,
+        "the lag grows during the stall: {first_lag} then {lag_at_detection}"
+    );
+    let frozen_for = frozen.elapsed();
+
+    proxy.thaw();
+    let thawed = Instant::now();
+    wait_until(Duration::from_secs(60), "doctor to pass again", || async {
+        doctor_lag(&topic.name, &db).starts_with("PASS")
+    })
+    .await;
+    let recovered = thawed.elapsed();
+    let stored = all_published_stored_once(&db, &topic, producer, &consumer).await;
+    eprintln!(
+        "lone consumer frozen for {frozen_for:?}: stalled in stats after {detected:?} (lag {lag_at_detection}, \
+         \"{}\"); doctor said: {doctor}; PASS again {recovered:?} after the thaw; {stored} events, all stored once",
+        stats["delayed"]["reason"].as_str().unwrap_or_default()
+    );
 }

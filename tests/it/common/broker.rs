@@ -314,7 +314,10 @@ async fn pipe(
         to.write_all(chunk).await.ok()?;
         if requests {
             let mut armed = state.freeze_after.lock().unwrap_or_else(|p| p.into_inner());
-            if armed.as_ref().is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice())) {
+            if armed
+                .as_ref()
+                .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()))
+            {
                 *armed = None;
                 state.frozen.send_replace(true);
             }
@@ -355,5 +358,8 @@ async fn a_frozen_proxy_holds_connections_open_and_forwards_on_thaw() {
     assert_eq!(&buf, b"again");
     new.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"fresh");
-    assert_eq!(proxy.port(), proxy.addr.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+    assert_eq!(
+        proxy.port(),
+        proxy.addr.rsplit(':').next().unwrap().parse::<u16>().unwrap()
+    );
 }

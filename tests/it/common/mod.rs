@@ -129,7 +129,8 @@ impl TestDb {
     pub fn url_via(&self, port: u16) -> String {
         let mut url = url::Url::parse(&self.url).unwrap_or_else(|e| panic!("{}: {e}", self.url));
         url.set_host(Some("127.0.0.1")).unwrap_or_else(|e| panic!("{e}"));
-        url.set_port(Some(port)).unwrap_or_else(|()| panic!("no port in {}", self.url));
+        url.set_port(Some(port))
+            .unwrap_or_else(|()| panic!("no port in {}", self.url));
         url.to_string()
     }
 
