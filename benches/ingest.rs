@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         topic.clone(),
     ))
     .await?;
-    kafka::ensure_topic(&client, &topic, PARTITIONS).await?;
+    kafka::ensure_topic(&client, &topic, PARTITIONS, None).await?;
     let db: Database = db_url.parse()?;
     db.connect_and_migrate(1).await?;
 

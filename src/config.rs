@@ -88,6 +88,42 @@ pub struct KafkaArgs {
     /// PEM file of extra CA certificates to trust for Kafka TLS.
     #[arg(long = "kafka-tls-ca-file", env = "KAFKA_TLS_CA_FILE", value_name = "FILE")]
     pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM certificate (chain) this client presents to brokers that ask for
+    /// one (mutual TLS; with KAFKA_TLS_KEY_FILE).
+    #[arg(
+        long = "kafka-tls-cert-file",
+        env = "KAFKA_TLS_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of KAFKA_TLS_CERT_FILE.
+    #[arg(long = "kafka-tls-key-file", env = "KAFKA_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Longest wait for the broker to answer one request (`500ms`, `10s`, `1m`;
+    /// a bare number is seconds); a fetch may wait CONSUMER_FETCH_WAIT_MS
+    /// more. A request that goes unanswered is retried over new connections.
+    #[arg(long = "kafka-request-timeout", env = "KAFKA_REQUEST_TIMEOUT", default_value = "10s",
+          value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// The name this process gives the broker (its logs, quotas and
+    /// metrics tell clients apart by it).
+    #[arg(
+        long = "kafka-client-id",
+        env = "KAFKA_CLIENT_ID",
+        default_value = "catlog-live",
+        value_name = "NAME"
+    )]
+    pub client_id: String,
+
+    /// Replicas of each partition of a topic `produce` creates [default:
+    /// the broker's own default (`default.replication.factor`)].
+    #[arg(long = "kafka-replication-factor", env = "KAFKA_REPLICATION_FACTOR", value_name = "N",
+          value_parser = clap::value_parser!(i16).range(1..))]
+    pub replication_factor: Option<i16>,
 }
 
 /// SASL mechanisms for Kafka.
@@ -112,6 +148,11 @@ impl KafkaArgs {
             sasl_password: None,
             tls: false,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            request_timeout: DEFAULT_KAFKA_REQUEST_TIMEOUT,
+            client_id: "catlog-live".to_owned(),
+            replication_factor: None,
         }
     }
 
@@ -125,6 +166,9 @@ impl KafkaArgs {
             .collect()
     }
 }
+
+/// `KAFKA_REQUEST_TIMEOUT` when none is given.
+pub const DEFAULT_KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `DATABASE_URL` when none is given.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/catlog";

@@ -1,17 +1,14 @@
 //! `doctor`: one line per check with PASS, WARN or FAIL and what to do.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 
-use rskafka::client::Client;
-
 use crate::config::{DbArgs, GroupArgs, KafkaArgs};
 use crate::db::{Database, DbError, Session, error_text};
-use crate::kafka;
+use crate::kafka::{self, Broker};
 use crate::lag::{self, LogEnds, PartitionLag};
 
 /// A check's outcome.
@@ -91,7 +88,7 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
     let mut checks = Vec::new();
     let (broker, client) = broker(kafka_args).await;
     checks.push(broker);
-    let (topic, partitions) = topic(client.as_deref(), &kafka_args.topic).await;
+    let (topic, partitions) = topic(client.as_ref(), &kafka_args.topic).await;
     checks.push(topic);
 
     let (database, session) = database(db_args).await;
@@ -108,7 +105,7 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
     }
     checks.push(
         lag(
-            client.as_deref(),
+            client.as_ref(),
             partitions.as_deref(),
             &session.client,
             &group.group_id,
@@ -122,8 +119,8 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
 }
 
 /// Whether the broker answers, and which API versions it speaks.
-async fn broker(args: &KafkaArgs) -> (Check, Option<Arc<Client>>) {
-    match kafka::connect(args).await {
+async fn broker(args: &KafkaArgs) -> (Check, Option<Broker>) {
+    match Broker::connect(args).await {
         Ok(client) => {
             let versions = match args.broker_list().first() {
                 Some(first) if !args.tls => match kafka::api_versions(first).await {
@@ -147,14 +144,14 @@ async fn broker(args: &KafkaArgs) -> (Check, Option<Arc<Client>>) {
 }
 
 /// Whether the topic exists, and its partitions.
-async fn topic(client: Option<&Client>, topic: &str) -> (Check, Option<Vec<i32>>) {
+async fn topic(client: Option<&Broker>, topic: &str) -> (Check, Option<Vec<i32>>) {
     let Some(client) = client else {
         return (
             Check::fail("topic", "not checked: no broker", "fix the broker first"),
             None,
         );
     };
-    match kafka::partitions(client, topic).await {
+    match client.partitions(topic).await {
         Ok(Some(p)) => (
             Check::pass("topic", format!("{topic:?} has {} partitions", p.len())),
             Some(p),
@@ -295,7 +292,7 @@ const STALL_RECHECK: Duration = Duration::from_secs(2);
 /// The group's lag per partition; a stalled partition or a new log is a
 /// failure with the fix.
 async fn lag(
-    client: Option<&Client>,
+    client: Option<&Broker>,
     partitions: Option<&[i32]>,
     db: &tokio_postgres::Client,
     group: &str,

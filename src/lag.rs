@@ -15,16 +15,14 @@
 //! records waiting in the new log, never as 0 and never clamped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::OffsetAt;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{self, KafkaError, LogCheck};
+use crate::kafka::{Broker, KafkaError, LogCheck, Partition};
 use crate::store::StoreError;
 use crate::store::positions::{self, Position};
 
@@ -49,45 +47,45 @@ pub enum LagError {
 }
 
 /// Log ends of a topic's partitions, keeping one client per partition
-/// between calls.
+/// between calls (a client whose request went unanswered is dropped, so
+/// the next call opens a new one).
 #[derive(Default)]
 pub struct LogEnds {
-    clients: HashMap<i32, PartitionClient>,
+    clients: HashMap<i32, Partition>,
 }
 
 impl LogEnds {
-    async fn client(
-        &mut self,
-        kafka: &Client,
-        topic: &str,
-        partition: i32,
-    ) -> Result<&PartitionClient, KafkaError> {
-        Ok(match self.clients.entry(partition) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(kafka::partition_client(kafka, topic, partition).await?)
-            }
-        })
-    }
-
     /// One partition's lag for `stored` (the group's position, if any).
     async fn of(
         &mut self,
-        kafka: &Client,
+        kafka: &Broker,
         topic: &str,
         partition: i32,
         stored: Option<&Position>,
     ) -> Result<PartitionLag, KafkaError> {
-        let client = self.client(kafka, topic, partition).await?;
-        let log_end = kafka::end_offset(client).await?;
+        let client = match self.clients.entry(partition) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(kafka.partition(topic, partition).await?)
+            }
+        };
+        let lag = Self::measure(client, stored).await;
+        if lag.as_ref().is_err_and(KafkaError::is_silent) {
+            self.clients.remove(&partition);
+        }
+        lag
+    }
+
+    async fn measure(client: &Partition, stored: Option<&Position>) -> Result<PartitionLag, KafkaError> {
+        let log_end = client.end_offset().await?;
         let Some(stored) = stored else {
-            let earliest = client.get_offset(OffsetAt::Earliest).await?;
+            let earliest = client.offset(OffsetAt::Earliest).await?;
             return Ok(PartitionLag::Behind(log_end - earliest));
         };
-        match kafka::check_log(client, stored.next_offset, stored.last).await? {
+        match client.check_log(stored.next_offset, stored.last).await? {
             LogCheck::Same => Ok(PartitionLag::Behind(log_end - stored.next_offset)),
             LogCheck::New { log_end, why } => {
-                let earliest = client.get_offset(OffsetAt::Earliest).await?;
+                let earliest = client.offset(OffsetAt::Earliest).await?;
                 Ok(PartitionLag::NewLog {
                     stored: stored.next_offset,
                     log_end,
@@ -202,7 +200,7 @@ impl Lag {
 
 /// Measures `group`'s lag on `partitions` of `topic`.
 pub async fn measure(
-    kafka: &Client,
+    kafka: &Broker,
     ends: &mut LogEnds,
     db: &tokio_postgres::Client,
     group: &str,
@@ -245,7 +243,7 @@ pub fn confirm(lag: &mut Lag, before: Option<&Lag>, after: Duration) {
 /// Where [`watch`] measures: the broker, the database, the group.
 #[derive(Clone)]
 pub struct Source {
-    pub kafka: Arc<Client>,
+    pub kafka: Broker,
     pub pool: Pool,
     pub group: String,
     pub topic: String,
@@ -312,9 +310,7 @@ pub async fn watch(
 }
 
 async fn measure_on(source: &Source, ends: &mut LogEnds) -> Result<Lag, LagError> {
-    let partitions = kafka::partitions(&source.kafka, &source.topic)
-        .await?
-        .unwrap_or_default();
+    let partitions = source.kafka.partitions(&source.topic).await?.unwrap_or_default();
     let db = source.pool.get().await.map_err(StoreError::from)?;
     Ok(measure(
         &source.kafka,

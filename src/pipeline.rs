@@ -9,11 +9,9 @@
 //! until shutdown. The first stage to fail stops the others.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -26,7 +24,7 @@ use crate::config::{
 use crate::consume::{self, ConsumerSettings};
 use crate::db::{Database, DbError};
 use crate::kafka::group::{GroupClient, GroupError};
-use crate::kafka::{self, KafkaError};
+use crate::kafka::{Broker, KafkaError};
 use crate::produce::{self, ProduceError};
 use crate::serve::{self, Access, FollowSettings, ServeError, ServeSettings};
 
@@ -132,9 +130,9 @@ pub struct Pipeline {
     /// The database and its pool, when a stage needs them.
     db: Option<(Database, Pool)>,
     /// For producing, and for the server's lag figures.
-    kafka: Option<Arc<Client>>,
+    kafka: Option<Broker>,
     /// For consuming: reports lost connections instead of retrying them.
-    reader: Option<Arc<Client>>,
+    reader: Option<Broker>,
     /// For mirroring the consumer's offsets to Kafka, when it does.
     mirror: Option<GroupClient>,
     /// The page's address, bound.
@@ -160,9 +158,9 @@ impl Pipeline {
             None
         };
         let kafka = match (&settings.produce, &settings.serve) {
-            (Some(_), _) => Some(kafka::connect(&settings.kafka).await?),
+            (Some(_), _) => Some(Broker::connect(&settings.kafka).await?),
             // A server without a broker still serves; it only lacks lag figures.
-            (None, Some(_)) => match kafka::connect(&settings.kafka).await {
+            (None, Some(_)) => match Broker::connect(&settings.kafka).await {
                 Ok(client) => Some(client),
                 Err(error) => {
                     tracing::warn!(%error, "serving without consumer lag");
@@ -172,7 +170,7 @@ impl Pipeline {
             (None, None) => None,
         };
         let reader = match &settings.consume {
-            Some(_) => Some(kafka::connect_reader(&settings.kafka).await?),
+            Some(_) => Some(Broker::connect_reader(&settings.kafka).await?),
             None => None,
         };
         let mirror = match &settings.consume {
@@ -184,7 +182,9 @@ impl Pipeline {
         };
         // With every stage in one process, the topic exists before any reads it.
         if let (Some((options, _)), Some(_), Some(client)) = (&settings.produce, &settings.consume, &kafka) {
-            kafka::ensure_topic(client, &settings.kafka.topic, options.partitions).await?;
+            client
+                .ensure_topic(&settings.kafka.topic, options.partitions)
+                .await?;
         }
         let listener = match &settings.serve {
             Some(options) => Some(bind(options.listen_addr, "LISTEN_ADDR").await?),
@@ -256,14 +256,14 @@ impl Pipeline {
 /// The simulator, when it runs: until its maximum or `stop`.
 async fn produce_stage(
     settings: &Settings,
-    kafka: Option<&Arc<Client>>,
+    kafka: Option<&Broker>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
     let (Some((options, default_interval)), Some(client)) = (&settings.produce, kafka) else {
         return Ok(());
     };
     let pace = options.pace(*default_interval);
-    produce::run(&settings.kafka.topic, options, pace, Arc::clone(client), stop).await?;
+    produce::run(&settings.kafka.topic, options, pace, client.clone(), stop).await?;
     Ok(())
 }
 
@@ -272,7 +272,7 @@ async fn produce_stage(
 async fn consume_stage(
     settings: &Settings,
     db: Option<&(Database, Pool)>,
-    reader: Option<&Arc<Client>>,
+    reader: Option<&Broker>,
     mirror: Option<GroupClient>,
     metrics_listener: Option<TcpListener>,
     stop: CancellationToken,
@@ -299,22 +299,14 @@ async fn consume_stage(
         session_timeout: options.session_timeout,
         stalled_after: settings.group.stalled_after,
     };
-    consume::run(
-        consumer,
-        db.clone(),
-        pool.clone(),
-        Arc::clone(reader),
-        mirror,
-        stop,
-    )
-    .await;
+    consume::run(consumer, db.clone(), pool.clone(), reader.clone(), mirror, stop).await;
 }
 
 /// The server, when it runs.
 async fn serve_stage(
     settings: &Settings,
     db: Option<&(Database, Pool)>,
-    kafka: Option<Arc<Client>>,
+    kafka: Option<Broker>,
     listener: Option<TcpListener>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {

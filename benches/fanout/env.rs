@@ -100,7 +100,7 @@ impl Fresh {
             self.topic.clone(),
         ))
         .await?;
-        catlog_live::kafka::ensure_topic(&kafka, &self.topic, PARTITIONS).await?;
+        catlog_live::kafka::ensure_topic(&kafka, &self.topic, PARTITIONS, None).await?;
         let (admin, _connection) = env.admin().await?;
         admin
             .batch_execute(&format!("CREATE DATABASE \"{}\"", self.db_name))

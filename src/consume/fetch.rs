@@ -16,19 +16,16 @@
 //! ([`Work::NewLog`]), so the writer commits everything read from the old
 //! log before it.
 
-use std::sync::Arc;
-
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::OffsetAt;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConsumeError, ConsumerSettings};
 use crate::config::StartFrom;
-use crate::kafka::{self, KafkaError, LogCheck, RecordMark};
-use crate::retry::Backoff;
+use crate::kafka::{self, Broker, KafkaError, LogCheck, Partition, RecordMark};
+use crate::retry::{Backoff, Streak};
 use crate::store::{NewLog, Position, positions};
 
 /// Most bytes asked for in one fetch.
@@ -49,27 +46,29 @@ pub enum Work {
 
 /// Reads one partition into `queue` until the partition is taken away (the
 /// task is dropped) or the writer is gone.
+///
+/// Every broker request is bounded (`KAFKA_REQUEST_TIMEOUT`); one that goes
+/// unanswered is retried over a new partition client (a new connection),
+/// and the log is looked at again first, as after any failed fetch. Each
+/// run of failures is warned about once.
 pub(super) async fn run(
     settings: ConsumerSettings,
     pool: Pool,
-    kafka: Arc<Client>,
+    broker: Broker,
     partition: i32,
     queue: mpsc::Sender<Work>,
 ) {
     // Only dropping this task stops it; the token is never cancelled.
     let never = CancellationToken::new();
     let mut backoff = Backoff::standard();
-    let client = loop {
-        match kafka::partition_client(&kafka, &settings.topic, partition).await {
-            Ok(client) => break client,
-            Err(error) => tracing::warn!(partition, %error, "cannot open partition; retrying"),
-        }
-        backoff.wait(&never).await;
-    };
+    let mut failing = Streak::new("cannot read the partition from the broker; retrying");
+    let client = open(&broker, &settings.topic, partition, &mut failing, &mut backoff).await;
     let (mut position, mut checked) = loop {
         match start(&settings, &pool, &client, partition).await {
             Ok(start) => break start,
-            Err(error) => tracing::warn!(partition, %error, "cannot find the start offset; retrying"),
+            Err(error) => failing.failed(&format!(
+                "partition {partition}: cannot find the start offset: {error}"
+            )),
         }
         backoff.wait(&never).await;
     };
@@ -79,7 +78,7 @@ pub(super) async fn run(
         log_epoch = position.log_epoch,
         "reading partition"
     );
-    let reader = Reader {
+    let mut reader = Reader {
         settings,
         client,
         partition,
@@ -87,7 +86,7 @@ pub(super) async fn run(
     };
     loop {
         if !checked {
-            match kafka::check_log(&reader.client, position.next_offset, position.last).await {
+            match reader.client.check_log(position.next_offset, position.last).await {
                 Ok(LogCheck::Same) => checked = true,
                 Ok(LogCheck::New { log_end, why }) => match reader.new_log(position, log_end, why).await {
                     Ok(Some(next)) => {
@@ -96,20 +95,22 @@ pub(super) async fn run(
                     }
                     Ok(None) => return,
                     Err(error) => {
-                        tracing::warn!(partition, %error, "cannot find where the new log starts; retrying");
-                        backoff.wait(&never).await;
+                        failing.failed(&format!(
+                            "partition {partition}: cannot find where the new log starts: {error}"
+                        ));
+                        reader.after(&error, &broker, &mut failing, &mut backoff).await;
                     }
                 },
                 Err(error) => {
-                    tracing::warn!(partition, %error, "cannot check the partition's log; retrying");
-                    backoff.wait(&never).await;
+                    failing.failed(&format!("partition {partition}: cannot check the log: {error}"));
+                    reader.after(&error, &broker, &mut failing, &mut backoff).await;
                 }
             }
             continue;
         }
         let fetched = reader
             .client
-            .fetch_records(
+            .fetch(
                 position.next_offset,
                 1..FETCH_MAX_BYTES,
                 reader.settings.fetch_wait_ms,
@@ -118,6 +119,7 @@ pub(super) async fn run(
         match fetched {
             Ok((records, high_watermark)) => {
                 backoff.reset();
+                failing.ended("reading the partition again");
                 if high_watermark < position.next_offset {
                     // The log ends below where we are: it is not the log we read.
                     checked = false;
@@ -139,8 +141,8 @@ pub(super) async fn run(
                     return;
                 }
             }
-            Err(e) if kafka::is_offset_out_of_range(&e) => {
-                match reader.client.get_offset(OffsetAt::Earliest).await {
+            Err(KafkaError::Client(e)) if kafka::is_offset_out_of_range(&e) => {
+                match reader.client.offset(OffsetAt::Earliest).await {
                     Ok(earliest) if earliest > position.next_offset => {
                         tracing::warn!(
                             partition,
@@ -154,19 +156,37 @@ pub(super) async fn run(
                     // Beyond the end rather than before the start: look at the log.
                     Ok(_) => checked = false,
                     Err(error) => {
-                        tracing::warn!(partition, %error, "offset out of range; retrying");
+                        failing.failed(&format!("partition {partition}: offset out of range: {error}"));
                         checked = false;
-                        backoff.wait(&never).await;
+                        reader.after(&error, &broker, &mut failing, &mut backoff).await;
                     }
                 }
             }
             Err(error) => {
                 // The broker may come back as another one: look at the log first.
-                tracing::warn!(partition, %error, "fetch failed; retrying");
+                failing.failed(&format!("partition {partition}: fetch failed: {error}"));
                 checked = false;
-                backoff.wait(&never).await;
+                reader.after(&error, &broker, &mut failing, &mut backoff).await;
             }
         }
+    }
+}
+
+/// A client for the partition, retried until one opens.
+async fn open(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    failing: &mut Streak,
+    backoff: &mut Backoff,
+) -> Partition {
+    let never = CancellationToken::new();
+    loop {
+        match broker.partition(topic, partition).await {
+            Ok(client) => return client,
+            Err(error) => failing.failed(&format!("partition {partition}: cannot open it: {error}")),
+        }
+        backoff.wait(&never).await;
     }
 }
 
@@ -176,12 +196,23 @@ pub(super) async fn run(
 async fn start(
     settings: &ConsumerSettings,
     pool: &Pool,
-    client: &PartitionClient,
+    client: &Partition,
     partition: i32,
 ) -> Result<(Position, bool), ConsumeError> {
-    let db = pool.get().await?;
+    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
+    let db = crate::db::bounded(limit, "a pool checkout", async {
+        Ok::<_, crate::store::StoreError>(pool.get().await?)
+    })
+    .await?;
     let client_db: &tokio_postgres::Client = &db;
-    let stored = positions::positions(client_db, &settings.group, &settings.topic).await?;
+    let stored = crate::db::bounded(limit, "reading the stored positions", async {
+        Ok::<_, crate::store::StoreError>(
+            positions::positions(client_db, &settings.group, &settings.topic).await?,
+        )
+    })
+    .await;
+    crate::db::discard_on_timeout(db, &stored);
+    let stored = stored?;
     if let Some(position) = stored.get(&partition) {
         return Ok((*position, false));
     }
@@ -195,21 +226,36 @@ async fn start(
 }
 
 /// Where `start_from` says reading begins in the partition's log.
-async fn start_offset(start_from: StartFrom, client: &PartitionClient) -> Result<i64, KafkaError> {
+async fn start_offset(start_from: StartFrom, client: &Partition) -> Result<i64, KafkaError> {
     match start_from {
-        StartFrom::Earliest => Ok(client.get_offset(OffsetAt::Earliest).await?),
-        StartFrom::Latest => kafka::end_offset(client).await,
+        StartFrom::Earliest => client.offset(OffsetAt::Earliest).await,
+        StartFrom::Latest => client.end_offset().await,
     }
 }
 
 struct Reader {
     settings: ConsumerSettings,
-    client: PartitionClient,
+    client: Partition,
     partition: i32,
     queue: mpsc::Sender<Work>,
 }
 
 impl Reader {
+    /// After a failed request: a pause, and a new client when the old one
+    /// went unanswered (its connection may hang for good).
+    async fn after(
+        &mut self,
+        error: &KafkaError,
+        broker: &Broker,
+        failing: &mut Streak,
+        backoff: &mut Backoff,
+    ) {
+        backoff.wait(&CancellationToken::new()).await;
+        if error.is_silent() {
+            self.client = open(broker, &self.settings.topic, self.partition, failing, backoff).await;
+        }
+    }
+
     /// Hands records to the writer, at most a batch per message, so a large
     /// fetch still commits in batch-sized transactions. `false` once the
     /// writer is gone.

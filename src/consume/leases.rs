@@ -23,16 +23,14 @@
 //! lost, and says so.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ConsumeError;
 use crate::db::{Database, DbError, Session};
-use crate::kafka;
+use crate::kafka::Broker;
 use crate::retry::Backoff;
 use crate::store::Fence;
 
@@ -78,7 +76,7 @@ pub struct Holding {
 /// process owns on `holding`. Database trouble empties the set and retries.
 pub async fn run(
     db: Database,
-    kafka: Arc<Client>,
+    kafka: Broker,
     group: String,
     topic: String,
     session_timeout: Duration,
@@ -171,7 +169,7 @@ impl Lease<'_> {
     /// One session's worth of rounds; returns when the session fails or on shutdown.
     async fn hold(
         &self,
-        kafka: &Client,
+        kafka: &Broker,
         topic: &str,
         session_timeout: Duration,
         holding: &Holding,
@@ -195,11 +193,15 @@ impl Lease<'_> {
 
         let mut mine = BTreeSet::new();
         let mut partitions: Vec<i32> = Vec::new();
+        let mut unlisted = crate::retry::Streak::new("cannot list partitions; keeping the last known");
         loop {
-            match kafka::partitions(kafka, topic).await {
-                Ok(Some(found)) => partitions = found,
+            match kafka.partitions(topic).await {
+                Ok(Some(found)) => {
+                    partitions = found;
+                    unlisted.ended("listing partitions again");
+                }
                 Ok(None) => tracing::warn!(topic, "topic does not exist yet; waiting for it"),
-                Err(error) => tracing::warn!(%error, "cannot list partitions; keeping the last known"),
+                Err(error) => unlisted.failed(&error.to_string()),
             }
             let members: i64 = self.one(COUNT_MEMBERS, &[&i64::from(keys.members)]).await?;
             let fair = partitions.len().div_ceil(members.max(1) as usize);

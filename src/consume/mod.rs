@@ -23,18 +23,16 @@ pub mod mirror;
 pub mod writer;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::StartFrom;
 use crate::db::{Database, DbError};
-use crate::kafka::KafkaError;
 use crate::kafka::group::GroupClient;
+use crate::kafka::{Broker, KafkaError};
 use crate::store::StoreError;
 
 /// Fetched chunks waiting for the writer; a full queue pauses the readers.
@@ -88,7 +86,7 @@ pub async fn run(
     settings: ConsumerSettings,
     db: Database,
     pool: Pool,
-    kafka: Arc<Client>,
+    kafka: Broker,
     mirror: Option<GroupClient>,
     shutdown: CancellationToken,
 ) {
@@ -98,7 +96,7 @@ pub async fn run(
     let stop_leases = CancellationToken::new();
     let leases = AbortOnDropHandle::new(tokio::spawn(leases::run(
         db,
-        Arc::clone(&kafka),
+        kafka.clone(),
         settings.group.clone(),
         settings.topic.clone(),
         settings.session_timeout,
@@ -113,7 +111,7 @@ pub async fn run(
     let (lag_tx, _) = watch::channel(None);
     let lag = AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(
         crate::lag::Source {
-            kafka: Arc::clone(&kafka),
+            kafka: kafka.clone(),
             pool: pool.clone(),
             group: settings.group.clone(),
             topic: settings.topic.clone(),
@@ -157,7 +155,7 @@ pub async fn run(
                 AbortOnDropHandle::new(tokio::spawn(fetch::run(
                     settings.clone(),
                     pool.clone(),
-                    Arc::clone(&kafka),
+                    kafka.clone(),
                     p,
                     queue_tx.clone(),
                 )))

@@ -37,6 +37,8 @@ pub enum GroupError {
         ours: String,
         theirs: String,
     },
+    /// The connection failed or was closed (a broker that closes new
+    /// connections at once often wants TLS or SASL).
     #[error(
         "{api} to the Kafka broker at {broker} failed: {source} (a broker that closes new connections may want TLS or SASL: see KAFKA_TLS and KAFKA_SASL_MECHANISM)"
     )]
@@ -44,6 +46,17 @@ pub enum GroupError {
         broker: String,
         api: String,
         source: std::io::Error,
+    },
+    /// The connection stayed open and nothing came back: a hung broker or
+    /// network, not a question of TLS or SASL.
+    #[error(
+        "the Kafka broker at {broker} did not answer {api} within {}s (KAFKA_REQUEST_TIMEOUT): the broker or the network to it hangs",
+        after.as_secs_f64()
+    )]
+    Silent {
+        broker: String,
+        api: String,
+        after: std::time::Duration,
     },
     #[error("the Kafka broker at {broker} answered {api} with something unreadable: {reason}")]
     Protocol {

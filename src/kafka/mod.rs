@@ -4,9 +4,12 @@
 //! lacks, are in [`group`] (the offset mirror's client), over connections of
 //! its own (`wire`) with the same SASL and TLS settings.
 
+mod broker;
 pub mod group;
 mod group_error;
 mod wire;
+
+pub use broker::{Broker, Partition};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +46,30 @@ pub enum KafkaError {
     },
     #[error("topic {0:?} does not exist (KAFKA_TOPIC); start `produce` first, which creates it")]
     NoTopic(String),
+    #[error(
+        "the Kafka broker did not answer a {what} request within {}s (KAFKA_REQUEST_TIMEOUT): the broker or the network to it hangs; retrying over new connections",
+        after.as_secs_f64()
+    )]
+    Silent { what: &'static str, after: Duration },
+    #[error(
+        "the Kafka broker at {broker} refused the SASL {mechanism} login: {reason}; check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (and KAFKA_SASL_MECHANISM)"
+    )]
+    Login {
+        broker: String,
+        mechanism: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     Config(String),
     #[error("Kafka: {0}")]
     Client(#[from] ClientError),
+}
+
+impl KafkaError {
+    /// Whether a request went unanswered (rather than failed).
+    pub fn is_silent(&self) -> bool {
+        matches!(self, Self::Silent { .. })
+    }
 }
 
 /// Result with [`KafkaError`].
@@ -84,13 +107,16 @@ async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Cl
         reason,
     };
     let mut builder = ClientBuilder::new(brokers.clone())
-        .client_id("catlog-live")
+        .client_id(args.client_id.clone())
         .backoff_config(backoff);
     if let Some(sasl) = sasl_config(args)? {
         builder = builder.sasl_config(sasl);
     }
     if args.tls {
-        builder = builder.tls_config(tls_config(args.tls_ca_file.as_deref())?);
+        builder = builder.tls_config(tls_config(args)?);
+    }
+    if let Some((mechanism, _, _)) = sasl_credentials(args)? {
+        check_login(args, &brokers, mechanism).await?;
     }
     let build = builder.build();
     let client = tokio::time::timeout(CONNECT_TIMEOUT, build)
@@ -98,6 +124,28 @@ async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Cl
         .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(|e| unreachable(e.to_string()))?;
     Ok(Arc::new(client))
+}
+
+/// Logs in to the first broker that answers, to say at once when the
+/// credentials are refused (rskafka retries a refused login like a lost
+/// connection, and then reports an unreachable broker). Anything else
+/// (no broker answers yet) is left for the client to meet and report.
+async fn check_login(args: &KafkaArgs, brokers: &[String], mechanism: SaslMechanism) -> Result<()> {
+    let security = wire::Security::from_args(args).map_err(|e| KafkaError::Config(e.to_string()))?;
+    for broker in brokers {
+        match wire::Connection::open(broker, &security).await {
+            Ok(_) => return Ok(()),
+            Err(group::GroupError::Sasl { reason, .. }) => {
+                return Err(KafkaError::Login {
+                    broker: broker.clone(),
+                    mechanism: wire::mechanism_name(mechanism),
+                    reason,
+                });
+            }
+            Err(error) => tracing::debug!(broker, %error, "login check: no answer from this broker"),
+        }
+    }
+    Ok(())
 }
 
 fn sasl_config(args: &KafkaArgs) -> Result<Option<SaslConfig>> {
@@ -126,15 +174,15 @@ fn sasl_credentials(args: &KafkaArgs) -> Result<Option<(SaslMechanism, &str, &st
     Ok(Some((mechanism, username, password)))
 }
 
-/// TLS trusting the public web roots and, if given, the CAs of a PEM file.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
+/// TLS trusting the public web roots and, if given, the CAs of
+/// `KAFKA_TLS_CA_FILE`; with `KAFKA_TLS_CERT_FILE` and `KAFKA_TLS_KEY_FILE`,
+/// this client's own certificate for brokers that ask for one (mutual TLS).
+pub fn tls_config(args: &KafkaArgs) -> Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let bad =
-            |reason: String| KafkaError::Config(format!("KAFKA_TLS_CA_FILE {}: {reason}", path.display()));
+    let certs_of = |setting: &str, path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>> {
+        let bad = |reason: String| KafkaError::Config(format!("{setting} {}: {reason}", path.display()));
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| bad(e.to_string()))?
             .collect::<Result<_, _>>()
@@ -142,16 +190,39 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Clien
         if certs.is_empty() {
             return Err(bad("no certificates in it".into()));
         }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &args.tls_ca_file {
+        for cert in certs_of("KAFKA_TLS_CA_FILE", path)? {
+            roots
+                .add(cert)
+                .map_err(|e| KafkaError::Config(format!("KAFKA_TLS_CA_FILE {}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| KafkaError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match (&args.tls_cert_file, &args.tls_key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key_path)) => {
+            let chain = certs_of("KAFKA_TLS_CERT_FILE", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| KafkaError::Config(format!("KAFKA_TLS_KEY_FILE {}: {e}", key_path.display())))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                KafkaError::Config(format!(
+                    "KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE do not make a client certificate: {e}"
+                ))
+            })?
+        }
+        _ => {
+            return Err(KafkaError::Config(
+                "KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE go together: give both for mutual TLS, or neither".into(),
+            ));
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -175,13 +246,35 @@ pub async fn partitions(client: &Client, topic: &str) -> Result<Option<Vec<i32>>
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists; returns its
-/// partition count.
-pub async fn ensure_topic(client: &Client, topic: &str, partitions: i32) -> Result<i32> {
+/// partition count. `replication` is `KAFKA_REPLICATION_FACTOR`; without it
+/// the broker's default is asked for (-1, CreateTopics v4 and later), and a
+/// broker that cannot take that gets one replica.
+pub async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: i32,
+    replication: Option<i16>,
+) -> Result<i32> {
     if let Some(existing) = self::partitions(client, topic).await? {
         return Ok(existing.len() as i32);
     }
     let controller = client.controller_client()?;
-    match controller.create_topic(topic, partitions, 1, 5_000).await {
+    let mut created = controller
+        .create_topic(topic, partitions, replication.unwrap_or(-1), 5_000)
+        .await;
+    if replication.is_none()
+        && let Err(ClientError::ServerError {
+            protocol_error: ProtocolError::InvalidReplicationFactor | ProtocolError::InvalidRequest,
+            ..
+        }) = &created
+    {
+        tracing::info!(
+            topic,
+            "the broker has no default replication factor to give; creating with 1"
+        );
+        created = controller.create_topic(topic, partitions, 1, 5_000).await;
+    }
+    match created {
         Ok(()) => tracing::info!(topic, partitions, "created topic"),
         Err(ClientError::ServerError {
             protocol_error: ProtocolError::TopicAlreadyExists,

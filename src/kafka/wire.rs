@@ -28,9 +28,9 @@ use tokio::net::TcpStream;
 use super::group_error::{GroupError, Result};
 use crate::config::{KafkaArgs, SaslMechanism};
 
-/// How we name ourselves to the broker.
+/// How we name ourselves to the broker when no setting says (`api_versions`).
 const CLIENT_ID: &str = "catlog-live";
-/// Longest wait for one request's answer.
+/// Longest wait for one request's answer when no setting says (`api_versions`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response we accept (group answers are small).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -43,6 +43,10 @@ const MAX_SASL_STEPS: usize = 8;
 pub(crate) struct Security {
     tls: Option<Arc<rustls::ClientConfig>>,
     sasl: Option<Sasl>,
+    /// `KAFKA_REQUEST_TIMEOUT`: how long one request may go unanswered.
+    timeout: Duration,
+    /// `KAFKA_CLIENT_ID`.
+    client_id: String,
 }
 
 #[derive(Clone)]
@@ -65,7 +69,7 @@ impl Security {
     /// The TLS and SASL settings of `args`, checked.
     pub(crate) fn from_args(args: &KafkaArgs) -> Result<Self> {
         let tls = if args.tls {
-            Some(super::tls_config(args.tls_ca_file.as_deref())?)
+            Some(super::tls_config(args)?)
         } else {
             None
         };
@@ -74,7 +78,12 @@ impl Security {
             username: username.to_owned(),
             password: password.to_owned(),
         });
-        Ok(Self { tls, sasl })
+        Ok(Self {
+            tls,
+            sasl,
+            timeout: args.request_timeout,
+            client_id: args.client_id.clone(),
+        })
     }
 
     /// No TLS, no SASL.
@@ -82,6 +91,8 @@ impl Security {
         Self {
             tls: None,
             sasl: None,
+            timeout: REQUEST_TIMEOUT,
+            client_id: CLIENT_ID.to_owned(),
         }
     }
 }
@@ -96,6 +107,9 @@ pub(crate) struct Connection {
     broker: String,
     stream: Box<dyn Io>,
     next_correlation: i32,
+    /// How long one request may go unanswered.
+    timeout: Duration,
+    client_id: StrBytes,
     /// What the broker supports: API key → (lowest, highest) version.
     versions: HashMap<i16, (i16, i16)>,
 }
@@ -131,6 +145,8 @@ impl Connection {
             broker: broker.to_owned(),
             stream,
             next_correlation: 1,
+            timeout: security.timeout,
+            client_id: StrBytes::from_string(security.client_id.clone()),
             versions: HashMap::new(),
         };
         connection.versions = connection.api_versions().await?;
@@ -175,15 +191,12 @@ impl Connection {
     /// Sends `request` at `version` and reads its response.
     pub(crate) async fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         let api = api_name(R::KEY);
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request, version)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(request, version)).await {
             Ok(result) => result,
-            Err(_) => Err(GroupError::Io {
+            Err(_) => Err(GroupError::Silent {
                 broker: self.broker.clone(),
                 api,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
-                ),
+                after: self.timeout,
             }),
         }
     }
@@ -202,7 +215,7 @@ impl Connection {
             .with_request_api_key(R::KEY)
             .with_request_api_version(version)
             .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+            .with_client_id(Some(self.client_id.clone()));
 
         let mut frame = BytesMut::new();
         frame.put_i32(0); // the size, filled in below
@@ -324,7 +337,11 @@ async fn tls(
     let handshake = tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp);
     tokio::time::timeout(super::CONNECT_TIMEOUT, handshake)
         .await
-        .map_err(|_| failed(format!("no answer within {}s", super::CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|_| GroupError::Silent {
+            broker: broker.to_owned(),
+            api: "the TLS handshake".into(),
+            after: super::CONNECT_TIMEOUT,
+        })?
         .map_err(|e| failed(e.to_string()))
 }
 

@@ -15,19 +15,16 @@
 pub mod simulator;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rskafka::client::Client;
-use rskafka::client::partition::{Compression, PartitionClient};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Pace, ProducerOptions};
 use crate::event::{self, Event};
-use crate::kafka::{self, KafkaError};
+use crate::kafka::{self, Broker, KafkaError, Partition};
 use crate::retry::Backoff;
 pub use simulator::Simulator;
 
@@ -59,11 +56,11 @@ pub async fn run(
     topic: &str,
     options: &ProducerOptions,
     pace: Pace,
-    client: Arc<Client>,
+    broker: Broker,
     shutdown: CancellationToken,
 ) -> Result<u64, ProduceError> {
     let catalog = catalog(options)?;
-    let mut topic = Topic::open(&client, topic, options.partitions).await?;
+    let mut topic = Topic::open(&broker, topic, options.partitions).await?;
     tracing::info!(
         topic = topic.name,
         partitions = topic.clients.len(),
@@ -92,7 +89,7 @@ pub async fn run(
             let events: Vec<(Event, Uuid)> = (0..due)
                 .map(|_| (simulator.next_event(Utc::now()), event::new_event_id()))
                 .collect();
-            if !topic.publish(&client, events, &shutdown).await {
+            if !topic.publish(&broker, events, &shutdown).await {
                 break;
             }
             sent += due;
@@ -126,27 +123,27 @@ struct Topic {
     name: String,
     /// Partitions when the topic is created.
     create_with: i32,
-    clients: Vec<PartitionClient>,
+    clients: Vec<Partition>,
 }
 
 impl Topic {
     /// Creates the topic unless it exists, and opens its partitions.
-    async fn open(client: &Client, name: &str, create_with: i32) -> Result<Self, KafkaError> {
+    async fn open(broker: &Broker, name: &str, create_with: i32) -> Result<Self, KafkaError> {
         let mut topic = Self {
             name: name.to_owned(),
             create_with,
             clients: Vec::new(),
         };
-        topic.reopen(client).await?;
+        topic.reopen(broker).await?;
         Ok(topic)
     }
 
     /// Looks at the topic again (creating it if it is gone) and reopens its partitions.
-    async fn reopen(&mut self, client: &Client) -> Result<(), KafkaError> {
-        let count = kafka::ensure_topic(client, &self.name, self.create_with).await?;
+    async fn reopen(&mut self, broker: &Broker) -> Result<(), KafkaError> {
+        let count = broker.ensure_topic(&self.name, self.create_with).await?;
         let mut clients = Vec::with_capacity(count as usize);
         for p in 0..count {
-            clients.push(kafka::partition_client(client, &self.name, p).await?);
+            clients.push(broker.partition(&self.name, p).await?);
         }
         if !self.clients.is_empty() && clients.len() != self.clients.len() {
             tracing::warn!(
@@ -165,11 +162,12 @@ impl Topic {
     /// `false` if shutdown came first.
     async fn publish(
         &mut self,
-        client: &Client,
+        broker: &Broker,
         mut events: Vec<(Event, Uuid)>,
         shutdown: &CancellationToken,
     ) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut streak = crate::retry::Streak::new("publish failed; retrying with the same event ids");
         loop {
             let partitions = self.clients.len() as i32;
             let mut groups: BTreeMap<i32, Vec<(Event, Uuid)>> = BTreeMap::new();
@@ -180,25 +178,30 @@ impl Topic {
             let sends = groups.iter().filter_map(|(&p, batch)| {
                 let partition = self.clients.get(p as usize)?;
                 let records = batch.iter().map(|(e, id)| kafka::record(e, *id)).collect();
-                Some(async move { (p, partition.produce(records, Compression::NoCompression).await) })
+                Some(async move { (p, partition.produce(records).await) })
             });
+            let mut failed = None;
             for (p, result) in futures::future::join_all(sends).await {
                 match result {
                     Ok(_) => {
                         groups.remove(&p);
                     }
-                    Err(error) => tracing::warn!(partition = p, %error, "publish failed; retrying"),
+                    Err(error) => failed = Some(format!("partition {p}: {error}")),
                 }
             }
             events = groups.into_values().flatten().collect();
-            if events.is_empty() {
-                return true;
+            match failed {
+                None => {
+                    streak.ended("publishing again");
+                    return true;
+                }
+                Some(reason) => streak.failed(&reason),
             }
             if !backoff.wait(shutdown).await {
                 return false;
             }
-            if let Err(error) = self.reopen(client).await {
-                tracing::warn!(topic = self.name, %error, "cannot open the topic; retrying");
+            if let Err(error) = self.reopen(broker).await {
+                streak.failed(&format!("cannot open the topic {}: {error}", self.name));
             }
         }
     }

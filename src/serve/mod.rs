@@ -28,8 +28,8 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use crate::kafka::Broker;
 use deadpool_postgres::Pool;
-use rskafka::client::Client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -78,7 +78,7 @@ pub async fn run(
     settings: ServeSettings,
     db: Database,
     pool: Pool,
-    kafka: Option<Arc<Client>>,
+    kafka: Option<Broker>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {

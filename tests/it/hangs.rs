@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::Proxy;
+use common::broker::{OwnBroker, Proxy};
 use common::{Proc, TestDb, TestTopic, broker, catlog, event_id, free_port, log_records, wait_until};
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -110,14 +110,20 @@ async fn every_partition_moves(db: &TestDb, before: &BTreeMap<i32, i64>, what: &
 
 /// After the freeze: the producer stops, and every published event is
 /// stored once, nothing else.
-async fn all_published_stored_once(
+async fn all_published_stored_once(db: &TestDb, topic: &TestTopic, producer: Proc, consumer: &Proc) -> usize {
+    all_published_on_stored_once(&broker(), db, &topic.name, producer, consumer).await
+}
+
+/// The same on the broker at `broker`.
+async fn all_published_on_stored_once(
+    broker: &str,
     db: &TestDb,
-    topic: &TestTopic,
+    topic: &str,
     mut producer: Proc,
     consumer: &Proc,
 ) -> usize {
     assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
-    let records = log_records(&broker(), &topic.name).await;
+    let records = log_records(broker, topic).await;
     let published: HashSet<Uuid> = records.iter().map(|(_, _, r)| event_id(r)).collect();
     assert_all_stored_once(db, &published, consumer, Duration::from_secs(60)).await;
     assert_eq!(
@@ -363,8 +369,14 @@ async fn serve_frozen_from_postgres_says_so_and_every_client_gets_what_it_missed
 
 /// `doctor`'s lag line, as a user runs it.
 fn doctor_lag(topic: &str, db: &TestDb) -> String {
+    doctor_lag_on(&broker(), topic, db)
+}
+
+fn doctor_lag_on(broker: &str, topic: &str, db: &TestDb) -> String {
     let mut cmd = with_limits(catlog(&["doctor"], topic, &db.url));
-    cmd.env("RUST_LOG", "off").env("CONSUMER_STALLED_AFTER", "4s");
+    cmd.env("RUST_LOG", "off")
+        .env("CONSUMER_STALLED_AFTER", "4s")
+        .env("KAFKA_BROKER", broker);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     stdout
@@ -469,5 +481,198 @@ async fn a_stalled_group_is_said_by_doctor_stats_and_metrics_and_catches_up() {
         "lone consumer frozen for {frozen_for:?}: stalled in stats after {detected:?} (lag {lag_at_detection}, \
          \"{}\"); doctor said: {doctor}; PASS again {recovered:?} after the thaw; {stored} events, all stored once",
         stats["delayed"]["reason"].as_str().unwrap_or_default()
+    );
+}
+
+/// A process of the pipeline on `broker` (through its proxy), named to the
+/// broker as `client_id` so the proxy can freeze it alone, with a short
+/// broker request timeout.
+fn on_broker(args: &[&str], broker: &OwnBroker, topic: &str, db: &TestDb, client_id: &str) -> Command {
+    let mut cmd = with_limits(catlog(args, topic, &db.url));
+    cmd.env("KAFKA_BROKER", &broker.addr)
+        .env("KAFKA_CLIENT_ID", client_id)
+        .env("KAFKA_REQUEST_TIMEOUT", "2s")
+        .env("CONSUMER_STALLED_AFTER", "4s");
+    cmd
+}
+
+/// "N records waiting" in a doctor line.
+fn records_waiting(doctor: &str) -> i64 {
+    doctor
+        .split(" records waiting")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no records waiting in: {doctor}"))
+}
+
+#[tokio::test]
+async fn consume_frozen_from_the_broker_grows_the_lag_fails_doctor_and_catches_up() {
+    let broker = OwnBroker::start();
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::on(&broker.addr, 2).await;
+    let consumer = Proc::spawn(
+        on_broker(&["consume"], &broker, &topic.name, &db, "consume"),
+        "consume",
+    );
+    let producer = Proc::spawn(
+        on_broker(
+            &["produce", "--rate", "40", "--seed", "19"],
+            &broker,
+            &topic.name,
+            &db,
+            "produce",
+        ),
+        "produce",
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "events stored on both partitions",
+        || async { newest_offsets(&db).await.len() == 2 },
+    )
+    .await;
+    let doctor = || doctor_lag_on(&broker.addr, &topic.name, &db);
+    assert!(doctor().starts_with("PASS"), "{}", doctor());
+
+    // Only the consumer's connections to the broker hang; the producer,
+    // doctor and PostgreSQL go on.
+    broker.proxy.freeze_client("consume");
+    let frozen = Instant::now();
+    wait_until(Duration::from_secs(60), "doctor to FAIL on the stall", || async {
+        doctor().starts_with("FAIL")
+    })
+    .await;
+    let detected = frozen.elapsed();
+    let first = doctor();
+    assert!(
+        first.contains("stalled") && first.contains("no commit for"),
+        "{first}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the consumer to say the broker does not answer",
+        || async {
+            consumer
+                .output()
+                .contains("did not answer a fetch request within 2s")
+        },
+    )
+    .await;
+    let later = doctor();
+    assert!(later.starts_with("FAIL"), "{later}");
+    let (waiting_first, waiting_later) = (records_waiting(&first), records_waiting(&later));
+    assert!(
+        waiting_later > waiting_first,
+        "the lag grows during the stall: {first} then {later}"
+    );
+    let log = consumer.output();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cannot read the partition from the broker"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "one warning per partition's streak, not one per retry ({warnings}):\n{log}"
+    );
+    let frozen_for = frozen.elapsed();
+
+    broker.proxy.thaw();
+    let thawed = Instant::now();
+    wait_until(Duration::from_secs(60), "doctor to pass again", || async {
+        doctor().starts_with("PASS")
+    })
+    .await;
+    let recovered = thawed.elapsed();
+    let stored = all_published_on_stored_once(&broker.addr, &db, &topic.name, producer, &consumer).await;
+    eprintln!(
+        "consume frozen from the broker for {frozen_for:?}: doctor FAIL after {detected:?} ({waiting_first} \
+         then {waiting_later} records waiting: \"{later}\"); PASS again {recovered:?} after the thaw; \
+         {stored} events, all stored once"
+    );
+}
+
+#[tokio::test]
+async fn produce_frozen_from_the_broker_retries_with_the_same_ids_and_loses_or_doubles_nothing() {
+    const EVENTS: usize = 1_200;
+    let broker = OwnBroker::start();
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::on(&broker.addr, 2).await;
+    let consumer = Proc::spawn(
+        on_broker(&["consume"], &broker, &topic.name, &db, "consume"),
+        "consume",
+    );
+    let events = EVENTS.to_string();
+    let mut producer = Proc::spawn(
+        on_broker(
+            &[
+                "produce",
+                "--rate",
+                "100",
+                "--seed",
+                "23",
+                "--max-events",
+                &events,
+            ],
+            &broker,
+            &topic.name,
+            &db,
+            "produce",
+        ),
+        "produce",
+    );
+    wait_until(Duration::from_secs(60), "some events stored", || async {
+        db.count("SELECT count(*) FROM popularity_events").await > 100
+    })
+    .await;
+
+    broker.proxy.freeze_client("produce");
+    let frozen = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the producer to say its publish went unanswered",
+        || async {
+            producer
+                .output()
+                .contains("did not answer a produce request within 2s")
+        },
+    )
+    .await;
+    let detected = frozen.elapsed();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let frozen_for = frozen.elapsed();
+    broker.proxy.thaw();
+    let thawed = Instant::now();
+    wait_until(Duration::from_secs(90), "the producer to finish", || async {
+        producer.output().contains("producer finished")
+    })
+    .await;
+    let finished = thawed.elapsed();
+    assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
+    let log = producer.output();
+    assert!(log.contains(&format!("sent={EVENTS}")), "{log}");
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("publish failed"))
+        .count();
+
+    let records = log_records(&broker.addr, &topic.name).await;
+    let published: HashSet<Uuid> = records.iter().map(|(_, _, r)| event_id(r)).collect();
+    assert_eq!(
+        published.len(),
+        EVENTS,
+        "every event the producer made is in the log"
+    );
+    assert_all_stored_once(&db, &published, &consumer, Duration::from_secs(60)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM popularity_events").await,
+        EVENTS as i64,
+        "each event stored once"
+    );
+    eprintln!(
+        "produce frozen from the broker for {frozen_for:?}: the timeout said after {detected:?} \
+         ({warnings} warning lines); finished {finished:?} after the thaw; {EVENTS} events made, \
+         {} records in the log ({} published twice), {EVENTS} stored, 0 lost, 0 counted twice",
+        records.len(),
+        records.len() - published.len()
     );
 }

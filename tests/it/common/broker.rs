@@ -12,7 +12,7 @@ use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,6 +124,8 @@ struct ProxyState {
     blocked: Mutex<HashSet<i16>>,
     /// Freeze right after forwarding a request that holds these bytes.
     freeze_after: Mutex<Option<Vec<u8>>>,
+    /// Kafka client ids (`KAFKA_CLIENT_ID`) whose connections are frozen.
+    frozen_clients: watch::Sender<HashSet<String>>,
     /// Whether the traffic is Kafka requests (read one by one).
     kafka: bool,
 }
@@ -133,6 +135,15 @@ impl ProxyState {
     async fn thawed(&self) {
         let mut frozen = self.frozen.subscribe();
         let _ = frozen.wait_for(|f| !f).await;
+    }
+
+    /// The same for a connection of Kafka client `id` (once known).
+    async fn thawed_for(&self, id: &OnceLock<String>) {
+        self.thawed().await;
+        let mut frozen = self.frozen_clients.subscribe();
+        let _ = frozen
+            .wait_for(|clients| id.get().is_none_or(|id| !clients.contains(id)))
+            .await;
     }
 }
 
@@ -160,6 +171,7 @@ impl Proxy {
             frozen: watch::channel(false).0,
             blocked: Mutex::new(HashSet::new()),
             freeze_after: Mutex::new(None),
+            frozen_clients: watch::channel(HashSet::new()).0,
             kafka,
         });
         let (stop, mut stopped) = watch::channel(());
@@ -233,8 +245,19 @@ impl Proxy {
         *self.state.frozen.borrow()
     }
 
+    /// Freezes only the connections of one Kafka client, by the client id
+    /// its requests carry (`KAFKA_CLIENT_ID`): the other processes behind
+    /// the same proxy go on. [`Proxy::thaw`] ends it.
+    pub fn freeze_client(&self, client_id: &str) {
+        assert!(self.state.kafka, "only a Kafka proxy knows client ids");
+        self.state.frozen_clients.send_modify(|c| {
+            c.insert(client_id.to_owned());
+        });
+    }
+
     /// Forwards again, starting with what was held.
     pub fn thaw(&self) {
+        self.state.frozen_clients.send_modify(HashSet::clear);
         self.state.frozen.send_replace(false);
     }
 
@@ -260,10 +283,12 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    // Kafka: the client id of the connection's first request.
+    let id = OnceLock::new();
     let requests = async {
         let _: Option<()> = async {
             if !state.kafka {
-                return pipe(&mut client_read, &mut server_write, &state, true).await;
+                return pipe(&mut client_read, &mut server_write, &state, &id, true).await;
             }
             // Kafka requests: a 4-byte size, then the body, whose first two
             // bytes are the API key.
@@ -280,14 +305,20 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
                 {
                     return None;
                 }
-                state.thawed().await;
+                if id.get().is_none() {
+                    // The header: key, version, correlation id, then the client id.
+                    let len = i16::from_be_bytes([*body.get(8)?, *body.get(9)?]);
+                    let name = body.get(10..10 + usize::try_from(len).unwrap_or(0))?;
+                    let _ = id.set(String::from_utf8_lossy(name).into_owned());
+                }
+                state.thawed_for(&id).await;
                 server_write.write_all(&size.to_be_bytes()).await.ok()?;
                 server_write.write_all(&body).await.ok()?;
             }
         }
         .await;
     };
-    let responses = pipe(&mut server_read, &mut client_write, &state, false);
+    let responses = pipe(&mut server_read, &mut client_write, &state, &id, false);
     tokio::select! {
         _ = requests => {}
         _ = responses => {}
@@ -301,6 +332,7 @@ async fn pipe(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     state: &ProxyState,
+    id: &OnceLock<String>,
     requests: bool,
 ) -> Option<()> {
     let mut buffer = vec![0; 64 * 1024];
@@ -309,7 +341,7 @@ async fn pipe(
         if n == 0 {
             return None;
         }
-        state.thawed().await;
+        state.thawed_for(id).await;
         let chunk = &buffer[..n];
         to.write_all(chunk).await.ok()?;
         if requests {
