@@ -115,8 +115,8 @@ async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Cl
     if args.tls {
         builder = builder.tls_config(tls_config(args)?);
     }
-    if let Some((mechanism, _, _)) = sasl_credentials(args)? {
-        check_login(args, &brokers, mechanism).await?;
+    if args.tls || args.sasl_mechanism.is_some() {
+        check_login(args, &brokers).await?;
     }
     let build = builder.build();
     let client = tokio::time::timeout(CONNECT_TIMEOUT, build)
@@ -126,23 +126,44 @@ async fn connect_with(args: &KafkaArgs, backoff: BackoffConfig) -> Result<Arc<Cl
     Ok(Arc::new(client))
 }
 
-/// Logs in to the first broker that answers, to say at once when the
-/// credentials are refused (rskafka retries a refused login like a lost
-/// connection, and then reports an unreachable broker). Anything else
-/// (no broker answers yet) is left for the client to meet and report.
-async fn check_login(args: &KafkaArgs, brokers: &[String], mechanism: SaslMechanism) -> Result<()> {
+/// Connects and logs in to the first broker that answers, to say at once
+/// when the broker refuses the credentials or the client certificate
+/// (rskafka retries those like a lost connection, then reports an
+/// unreachable broker). Anything else (no broker answers yet) is left for
+/// the client to meet and report.
+async fn check_login(args: &KafkaArgs, brokers: &[String]) -> Result<()> {
     let security = wire::Security::from_args(args).map_err(|e| KafkaError::Config(e.to_string()))?;
     for broker in brokers {
-        match wire::Connection::open(broker, &security).await {
+        let error = match wire::Connection::open(broker, &security).await {
             Ok(_) => return Ok(()),
-            Err(group::GroupError::Sasl { reason, .. }) => {
+            Err(error) => error,
+        };
+        match error {
+            group::GroupError::Sasl {
+                reason, mechanism, ..
+            } => {
                 return Err(KafkaError::Login {
                     broker: broker.clone(),
-                    mechanism: wire::mechanism_name(mechanism),
+                    mechanism,
                     reason,
                 });
             }
-            Err(error) => tracing::debug!(broker, %error, "login check: no answer from this broker"),
+            ref other => {
+                let text = other.to_string();
+                if text.contains("CertificateRequired") {
+                    return Err(KafkaError::Config(format!(
+                        "the Kafka broker at {broker} asks for a client certificate (mutual TLS): set \
+                         KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE"
+                    )));
+                }
+                if args.tls_cert_file.is_some() && text.contains("received fatal alert") {
+                    return Err(KafkaError::Config(format!(
+                        "the Kafka broker at {broker} refused this client's certificate \
+                         (KAFKA_TLS_CERT_FILE): {text}"
+                    )));
+                }
+                tracing::debug!(broker, error = text, "login check: no answer from this broker");
+            }
         }
     }
     Ok(())

@@ -122,3 +122,132 @@ async fn allowed_origins_check_the_websocket_and_answer_cors() {
         .unwrap();
     assert!(foreign.headers().get("access-control-allow-origin").is_none());
 }
+
+/// Against a broker that wants a SASL PLAIN login (the test helpers' front
+/// end, see `common::sasl`): the right password produces and consumes; a
+/// wrong one is one line naming the settings with the broker's own
+/// message, at once, not a retried "cannot reach the broker".
+#[tokio::test]
+async fn kafka_sasl_logs_in_and_a_refused_login_is_one_line_at_once() {
+    use common::sasl::{REFUSED, SaslBroker};
+    use common::{Proc, TestDb, catlog, unique, wait_until};
+    use std::time::Instant;
+
+    let broker = SaslBroker::start("catlog", "right-secret");
+    let db = TestDb::migrated().await;
+    let topic = unique("catlog-sasl");
+    let with = |password: &str, args: &[&str]| {
+        let mut cmd = catlog(args, &topic, &db.url);
+        cmd.env("KAFKA_BROKER", &broker.addr)
+            .env("KAFKA_SASL_MECHANISM", "PLAIN")
+            .env("KAFKA_SASL_USERNAME", "catlog")
+            .env("KAFKA_SASL_PASSWORD", password);
+        cmd
+    };
+
+    let started = Instant::now();
+    let refused = with("wrong-secret", &["produce", "--max-events", "1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a refused login fails: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+    assert!(
+        lines[0].contains("refused the SASL PLAIN login")
+            && lines[0].contains(REFUSED)
+            && lines[0].contains("KAFKA_SASL_PASSWORD"),
+        "names the settings and carries the broker's message: {stderr}"
+    );
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+
+    let produced = with(
+        "right-secret",
+        &["produce", "--rate", "200", "--max-events", "50"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let consumer = Proc::spawn(with("right-secret", &["consume"]), "consume-sasl");
+    wait_until(Duration::from_secs(60), "the 50 events stored", || async {
+        db.count("SELECT count(*) FROM popularity_events").await == 50
+    })
+    .await;
+    eprintln!(
+        "SASL PLAIN: a wrong password said in {took:?}: {}; the right one produced and consumed 50 events",
+        lines[0]
+    );
+    drop(consumer);
+}
+
+/// Against a broker that wants a client certificate: with
+/// KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE the pipeline produces and
+/// consumes (offset mirror included); without them the message names
+/// them, at once.
+#[tokio::test]
+async fn kafka_mutual_tls_with_a_client_certificate() {
+    use common::mtls::{Certs, MtlsBroker};
+    use common::{Proc, TestDb, catlog, unique, wait_until};
+
+    let certs = Certs::make();
+    let broker = MtlsBroker::start(&certs);
+    let db = TestDb::migrated().await;
+    let topic = unique("catlog-mtls");
+    let with = |client_cert: bool, args: &[&str]| {
+        let mut cmd = catlog(args, &topic, &db.url);
+        cmd.env("KAFKA_BROKER", &broker.addr)
+            .env("KAFKA_TLS", "true")
+            .env("KAFKA_TLS_CA_FILE", certs.ca());
+        if client_cert {
+            cmd.env("KAFKA_TLS_CERT_FILE", certs.client_cert())
+                .env("KAFKA_TLS_KEY_FILE", certs.client_key());
+        }
+        cmd
+    };
+
+    let without = with(false, &["produce", "--max-events", "1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        !without.status.success(),
+        "no client certificate, no broker: {stderr}"
+    );
+
+    let half = with(false, &["produce", "--max-events", "1"])
+        .env("KAFKA_TLS_CERT_FILE", certs.client_cert())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let half_err = String::from_utf8_lossy(&half.stderr);
+    assert!(
+        !half.status.success() && half_err.contains("KAFKA_TLS_KEY_FILE"),
+        "a certificate without its key names the missing setting: {half_err}"
+    );
+
+    let produced = with(true, &["produce", "--rate", "200", "--max-events", "50"])
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let consumer = Proc::spawn(with(true, &["consume"]), "consume-mtls");
+    wait_until(Duration::from_secs(60), "the 50 events stored", || async {
+        db.count("SELECT count(*) FROM popularity_events").await == 50
+    })
+    .await;
+    eprintln!(
+        "mutual TLS: 50 events produced and consumed; without a client certificate: {}",
+        stderr.trim()
+    );
+    drop(consumer);
+}

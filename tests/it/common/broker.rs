@@ -80,21 +80,27 @@ impl OwnBroker {
     /// Starts the broker again, empty, on the same address (killing it first if it runs).
     pub fn start_again(&mut self) {
         self.kill();
-        let mut cmd = Command::new(tansu());
-        cmd.args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{}", self.port),
-            "--advertised-listener-url",
-            &format!("tcp://{}", self.addr),
-        ])
-        .stdin(Stdio::null());
-        let process = Proc::spawn(cmd, "tansu");
-        process.wait_for_port(self.port, Duration::from_secs(20));
-        self.process = Some(process);
+        self.process = Some(tansu_on(self.port, &self.addr));
     }
+}
+
+/// A new, empty tansu on 127.0.0.1:`port` telling clients to connect to
+/// `advertised` (a proxy or front end in front of it), once it listens.
+pub fn tansu_on(port: u16, advertised: &str) -> Proc {
+    let mut cmd = Command::new(tansu());
+    cmd.args([
+        "broker",
+        "--storage-engine",
+        "memory://tansu/",
+        "--listener-url",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--advertised-listener-url",
+        &format!("tcp://{advertised}"),
+    ])
+    .stdin(Stdio::null());
+    let process = Proc::spawn(cmd, "tansu");
+    process.wait_for_port(port, Duration::from_secs(20));
+    process
 }
 
 /// A TCP proxy on its own thread: it forwards connections to a server (the

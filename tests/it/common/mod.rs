@@ -7,6 +7,8 @@
 
 pub mod broker;
 pub mod kafkajs;
+pub mod mtls;
+pub mod sasl;
 pub mod stack;
 
 use std::collections::BTreeMap;
