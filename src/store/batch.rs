@@ -422,15 +422,18 @@ async fn insert_events<'a>(
         }
         Mode::SkipStored => {
             let statement = tx.prepare_cached(&INSERT_EVENTS_SKIPPING_STORED).await?;
-            let inserted: HashSet<(i32, i32, i64)> = tx
+            let mut inserted: HashSet<(i32, i32, i64)> = tx
                 .query(&statement, &params)
                 .await?
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
+            // A record can be in one batch twice (a partition read again
+            // while its first reading still waited in the queue): each
+            // inserted row counts once, for its first copy.
             Ok(rows
                 .iter()
-                .filter(|r| inserted.contains(&(r.partition, r.log_epoch, r.offset)))
+                .filter(|r| inserted.remove(&(r.partition, r.log_epoch, r.offset)))
                 .collect())
         }
     }

@@ -241,3 +241,50 @@ async fn consumer_recovers_when_its_database_connections_are_killed() {
         consumer.output()
     );
 }
+
+/// A record that reaches one batch twice (its partition read again while
+/// the first reading still waited in the writer's queue) is stored once and
+/// counted once in the current state.
+#[tokio::test]
+async fn a_record_twice_in_one_batch_is_stored_and_counted_once() {
+    use catlog_live::event::Event;
+    use catlog_live::store::batch::{Batch, Mode, Row, write};
+
+    let db = common::TestDb::migrated().await;
+    let raw = br#"{"malId":5114,"title":"Fullmetal Alchemist: Brotherhood","eventType":"SCORE_UPDATE","currentScore":"9.10","popularityChange":"+0.01","timestamp":"2025-08-14T18:30:00.000Z"}"#;
+    let event = Event::from_bytes(raw).unwrap_or_else(|e| panic!("{e:?}"));
+    let row = Row {
+        partition: 0,
+        log_epoch: 0,
+        offset: 7,
+        event_id: Some(catlog_live::event::new_event_id()),
+        event,
+        raw: raw.to_vec(),
+    };
+    let batch = Batch {
+        rows: vec![row.clone(), row],
+        ..Batch::default()
+    };
+    let database: catlog_live::db::Database = db.url.parse().unwrap();
+    let pool = database.pool(1).unwrap();
+    let mut client = pool.get().await.unwrap();
+    for mode in [Mode::Fresh, Mode::SkipStored] {
+        let tx = client.transaction().await.unwrap();
+        let written = write(&tx, "g", "t", &batch, mode, None).await;
+        match (mode, written) {
+            (Mode::Fresh, Err(_)) => tx.rollback().await.unwrap(),
+            (Mode::SkipStored, Ok(written)) => {
+                assert_eq!(written.events, 1, "one row inserted");
+                tx.commit().await.unwrap();
+            }
+            (mode, other) => panic!("{mode:?}: {other:?}"),
+        }
+    }
+    assert_eq!(db.count("SELECT count(*) FROM popularity_events").await, 1);
+    assert_eq!(
+        db.count("SELECT event_count::int8 FROM live_popularity WHERE mal_id = 5114")
+            .await,
+        1,
+        "counted once"
+    );
+}

@@ -73,11 +73,27 @@ pub(crate) async fn assert_all_stored_once(
     let stored = stored_ids(db).await;
     let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}\n{}", consumer.output());
-    assert_eq!(
-        db.count(COUNTED).await,
-        db.count(HISTORY).await,
-        "the current state counted each stored event once"
-    );
+    let (counted, history) = (db.count(COUNTED).await, db.count(HISTORY).await);
+    if counted != history {
+        let off: Vec<(i32, i64, i64)> = db
+            .connect()
+            .await
+            .query(
+                "SELECT lp.mal_id, lp.event_count::int8, (SELECT count(*) FROM popularity_events e WHERE e.mal_id = lp.mal_id) \
+                 FROM live_popularity lp",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .filter(|(_, counted, stored)| counted != stored)
+            .collect();
+        panic!(
+            "the current state counted {counted} events, the history holds {history}; (malId, counted, stored): {off:?}\n{}",
+            consumer.output()
+        );
+    }
 }
 
 #[tokio::test]
