@@ -415,6 +415,27 @@ pub struct ServerOptions {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Most header fields in one request; more gets a JSON 431.
+    #[arg(long = "http-max-headers", env = "HTTP_MAX_HEADERS", default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    pub http_max_headers: u32,
+
+    /// Most bytes of header fields in one request; more gets a JSON 431.
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+          value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub http_max_header_bytes: u32,
+
+    /// Longest request target (path and query); longer gets a JSON 414.
+    #[arg(long = "http-max-url-bytes", env = "HTTP_MAX_URL_BYTES", default_value_t = 8 * 1024,
+          value_name = "BYTES", value_parser = clap::value_parser!(u32).range(256..=1024 * 1024))]
+    pub http_max_url_bytes: u32,
+
+    /// A client that sends no complete request head in this time is
+    /// disconnected (slow or unfinished requests).
+    #[arg(long = "http-head-timeout", env = "HTTP_HEAD_TIMEOUT", default_value = "10s",
+          value_name = "DURATION", value_parser = parse_duration)]
+    pub http_head_timeout: Duration,
+
     /// When set, the page, /api/* and /ws require this token (header
     /// `Authorization: Bearer <token>` or query `?token=<token>`); /healthz,
     /// /readyz and /metrics stay open [default: no token].

@@ -322,6 +322,14 @@ async fn serve_stage(
         },
         access: Access::new(options.api_token.clone(), options.allowed_origins.as_deref()),
         max_connections: options.max_connections as usize,
+        http: serve::server::HttpSettings {
+            limits: serve::head::HeadLimits {
+                max_headers: options.http_max_headers as usize,
+                max_header_bytes: options.http_max_header_bytes as usize,
+                max_url_bytes: options.http_max_url_bytes as usize,
+            },
+            head_timeout: options.http_head_timeout,
+        },
     };
     serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
     Ok(())

@@ -57,6 +57,20 @@ impl From<StoreError> for ApiError {
 /// Every failure as `{"error": "..."}` with the right status.
 pub async fn handle_rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, message) = if let Some(api) = err.find::<ApiError>() {
+        if api.status == StatusCode::UPGRADE_REQUIRED {
+            let reply = warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({ "error": api.message })),
+                api.status,
+            );
+            return Ok(warp::reply::with_header(reply, "sec-websocket-version", "13").into_response());
+        }
+        if api.status == StatusCode::METHOD_NOT_ALLOWED {
+            let reply = warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({ "error": api.message })),
+                api.status,
+            );
+            return Ok(warp::reply::with_header(reply, "allow", "GET, HEAD").into_response());
+        }
         (api.status, api.message.clone())
     } else if err.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())

@@ -18,6 +18,7 @@ pub mod error;
 pub mod follow;
 pub mod frame;
 pub mod handlers;
+pub mod head;
 pub mod hub;
 pub mod models;
 pub mod page;
@@ -60,6 +61,8 @@ pub struct ServeSettings {
     pub access: Access,
     /// Most WebSocket clients at once (`MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Limits on request heads (`HTTP_*`).
+    pub http: server::HttpSettings,
 }
 
 /// File descriptors kept for everything but WebSockets (database, broker,
@@ -113,7 +116,7 @@ pub async fn run(
         max_connections: settings.max_connections,
     };
     let routes = routes::routes(app, shutdown.clone());
-    server::run(listener, routes, sockets, shutdown).await;
+    server::run(listener, routes, sockets, settings.http, shutdown).await;
     let _ = following.await;
     let _ = figures.await;
     if let Some(measuring) = measuring {

@@ -14,72 +14,101 @@ use super::error::{self, ApiError};
 use super::server::Upgrade;
 use super::{App, access, handlers};
 
-/// Longest request target (path and query) served; longer gets 414.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-/// Most header bytes served; more gets 431.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The request [`super::head`] stands in for a refused one: its JSON error.
+fn refused() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>(super::head::REFUSAL_HEADER).and_then(
+        |value: Option<String>| async move {
+            match value.as_deref().and_then(super::head::refusal_in) {
+                Some(refusal) => Err(ApiError::reject(
+                    warp::http::StatusCode::from_u16(refusal.status)
+                        .unwrap_or(warp::http::StatusCode::BAD_REQUEST),
+                    refusal.message,
+                )),
+                None => Err::<Response, _>(warp::reject::not_found()),
+            }
+        },
+    )
+}
 
 /// `GET`, and `HEAD` wherever `GET` works (the server sends no body for it).
 fn get() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::get().or(warp::head()).unify()
 }
 
-/// Requests within the size limits; a JSON 414 or 431 otherwise.
-fn within_limits() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::path::full()
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::header::headers_cloned())
-        .and_then(|path: warp::path::FullPath, query: String, headers: warp::http::HeaderMap| async move {
-            let uri = path.as_str().len() + query.len();
-            if uri > MAX_URI_BYTES {
-                return Err(ApiError::reject(
-                    warp::http::StatusCode::URI_TOO_LONG,
-                    format!("the request target is {uri} bytes, over the {MAX_URI_BYTES}-byte limit"),
-                ));
-            }
-            let header_bytes: usize = headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                .sum();
-            if header_bytes > MAX_HEADER_BYTES {
-                return Err(ApiError::reject(
-                    warp::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!("the request headers are {header_bytes} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
-                ));
-            }
-            Ok(())
-        })
-        .untuple_one()
-}
-
-/// A WebSocket handshake: its key and the connection's upgrade; a JSON 400
-/// for anything else at a WebSocket route.
+/// A WebSocket handshake, strictly as RFC 6455 has it: `GET`, one
+/// `Upgrade: websocket`, a `Connection` with `upgrade`, one
+/// `Sec-WebSocket-Version: 13` (another version gets 426 naming 13) and one
+/// `Sec-WebSocket-Key` that is 16 bytes in base64. Its key and the
+/// connection's upgrade; a JSON 400 for anything else.
 fn upgrade_request() -> impl Filter<Extract = (String, Upgrade), Error = warp::Rejection> + Clone {
-    let header = |name: &'static str| warp::header::optional::<String>(name);
-    header("upgrade")
-        .and(header("connection"))
-        .and(header("sec-websocket-version"))
-        .and(header("sec-websocket-key"))
+    warp::method()
+        .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<Upgrade>())
         .and_then(
-            |upgrade: Option<String>,
-             connection: Option<String>,
-             version: Option<String>,
-             key: Option<String>,
-             slot: Option<Upgrade>| async move {
-                let is_websocket = upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-                    && connection.is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
-                    && version.as_deref() == Some("13");
-                match (is_websocket, key, slot) {
-                    (true, Some(key), Some(slot)) => Ok((key, slot)),
-                    _ => Err(ApiError::reject(
-                        warp::http::StatusCode::BAD_REQUEST,
-                        "this is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket, version 13)",
-                    )),
-                }
+            |method: warp::http::Method, headers: warp::http::HeaderMap, slot: Option<Upgrade>| async move {
+                let key =
+                    handshake(&method, &headers).map_err(|(status, why)| ApiError::reject(status, why))?;
+                let slot = slot.ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
+                Ok::<_, warp::Rejection>((key, slot))
             },
         )
         .untuple_one()
+}
+
+/// The checks of [`upgrade_request`]: the key, or the status and why.
+fn handshake(
+    method: &warp::http::Method,
+    headers: &warp::http::HeaderMap,
+) -> Result<String, (warp::http::StatusCode, String)> {
+    use base64::Engine;
+    use warp::http::StatusCode;
+
+    let bad = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("{why}: this is the WebSocket endpoint, connect with a WebSocket client (RFC 6455)"),
+        )
+    };
+    let one = |name: &str| -> Result<Option<&str>, (StatusCode, String)> {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => value
+                .to_str()
+                .map(|v| Some(v.trim()))
+                .map_err(|_| bad(&format!("{name} is not text"))),
+            (Some(_), Some(_)) => Err(bad(&format!("more than one {name}"))),
+        }
+    };
+    if method != warp::http::Method::GET {
+        return Err(bad("a WebSocket handshake is a GET"));
+    }
+    if !one("upgrade")?.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Err(bad("no Upgrade: websocket"));
+    }
+    let connection_upgrade = headers.get_all("connection").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    });
+    if !connection_upgrade {
+        return Err(bad("no Connection: Upgrade"));
+    }
+    match one("sec-websocket-version")? {
+        Some("13") => {}
+        Some(other) => {
+            return Err((
+                StatusCode::UPGRADE_REQUIRED,
+                format!("WebSocket version {other:?} is not spoken here; use 13"),
+            ));
+        }
+        None => return Err(bad("no Sec-WebSocket-Version")),
+    }
+    let key = one("sec-websocket-key")?.ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key).ok();
+    if decoded.is_none_or(|k| k.len() != 16) {
+        return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    Ok(key.to_owned())
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
@@ -162,15 +191,15 @@ pub fn routes(
             handlers::websocket(key, upgrade, app, shutdown.clone())
         });
 
-    within_limits()
-        .and(
-            api.or(healthz)
-                .or(readyz)
-                .or(metrics)
-                .or(ws)
-                .or(assets)
-                .or(favicon)
-                .or(index),
-        )
+    refused()
+        .or(api)
+        .unify()
+        .or(healthz)
+        .or(readyz)
+        .or(metrics)
+        .or(ws)
+        .or(assets)
+        .or(favicon)
+        .or(index)
         .recover(error::handle_rejection)
 }

@@ -28,14 +28,32 @@ use tower_service::Service;
 use warp::Filter;
 use warp::reply::Reply;
 
+use super::head::{Guarded, HeadLimits};
+
 /// A WebSocket connection once upgraded.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Most bytes of a request head hyper reads; the routes answer 414 and 431
-/// for less (see `routes`), so this only stops a flood.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// A client that sends no complete request head in this time is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes hyper buffers; every head is checked against smaller limits
+/// before it gets there (see [`super::head`]).
+const MAX_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Limits on the requests of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub limits: HeadLimits,
+    /// A client that sends no complete request head in this time is
+    /// dropped (`HTTP_HEAD_TIMEOUT`).
+    pub head_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            limits: HeadLimits::default(),
+            head_timeout: Duration::from_secs(10),
+        }
+    }
+}
 /// How long shutdown waits for requests in flight and sockets to close.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
@@ -89,8 +107,13 @@ where
 /// Serves `routes` on `listener` until `shutdown`, then drains: requests in
 /// flight finish and the sockets in `sockets` close (each watches `shutdown`
 /// itself), for at most a few seconds.
-pub async fn run<F>(listener: TcpListener, routes: F, sockets: TaskTracker, shutdown: CancellationToken)
-where
+pub async fn run<F>(
+    listener: TcpListener,
+    routes: F,
+    sockets: TaskTracker,
+    http: HttpSettings,
+    shutdown: CancellationToken,
+) where
     F: Filter<Error = Infallible> + Clone + Send + Sync + 'static,
     F::Extract: Reply,
 {
@@ -98,8 +121,8 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .header_read_timeout(http.head_timeout)
+        .max_buf_size(MAX_BUFFER_BYTES);
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -124,7 +147,7 @@ where
             async move { Ok::<_, Infallible>(response.await.unwrap_or_else(|never| match never {})) }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), handler)
+            .serve_connection(TokioIo::new(Guarded::new(stream, http.limits)), handler)
             .with_upgrades();
         let shutdown = shutdown.clone();
         requests.spawn(async move {

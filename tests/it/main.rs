@@ -11,6 +11,7 @@ mod crash_safety;
 mod doctor;
 mod faults;
 mod hangs;
+mod hostile;
 mod monitoring;
 mod offset_mirror;
 mod pipeline;
