@@ -80,12 +80,16 @@ fn describe() {
     );
     describe_gauge!(
         "catlog_consumer_stalled",
-        "1 while a partition has records waiting and no commit for 30 s or more, per partition"
+        "1 while a partition has records waiting and no commit for CONSUMER_STALLED_AFTER, per partition"
     );
     describe_gauge!(
         "catlog_consumer_seconds_since_commit",
         Unit::Seconds,
         "Time since the group's stored position last moved, per partition"
+    );
+    describe_counter!(
+        "catlog_http_requests_refused_total",
+        "Request heads refused before the routes (malformed, over a limit), by status"
     );
     describe_counter!(
         "catlog_consumer_fenced_batches_total",

@@ -103,13 +103,15 @@ impl Refusal {
 /// What a checked head says of the bytes after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Passed {
+    /// Bytes of the head, as the parser counts them.
+    pub length: usize,
     /// Body bytes that follow the head.
     pub body: u64,
     /// The client asks to switch protocols: the rest is not HTTP/1.
     pub upgrade: bool,
 }
 
-/// Checks one complete request head (through its blank line).
+/// Checks the request head at the start of `head` (through its blank line).
 pub fn check(head: &[u8], limits: &HeadLimits) -> Result<Passed, Refusal> {
     let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut request = httparse::Request::new(&mut fields);
@@ -203,8 +205,8 @@ pub fn check(head: &[u8], limits: &HeadLimits) -> Result<Passed, Refusal> {
             format!("a request body of {body} bytes: no route here takes one over {MAX_BODY_BYTES}"),
         ));
     }
-    debug_assert_eq!(parsed, head.len());
     Ok(Passed {
+        length: parsed,
         body,
         upgrade: named("upgrade").next().is_some(),
     })
@@ -321,7 +323,9 @@ impl<S> Guarded<S> {
                     };
                     match check(&self.incoming[..end], &self.limits) {
                         Ok(passed) => {
-                            self.ready.extend(self.incoming.drain(..end));
+                            // What the server will take as this head, not
+                            // less: the next check starts right after it.
+                            self.ready.extend(self.incoming.drain(..passed.length.min(end)));
                             self.state = if passed.upgrade {
                                 State::Through
                             } else if passed.body > 0 {
@@ -348,6 +352,8 @@ impl<S> Guarded<S> {
                 }
                 State::Through => {
                     self.ready.append(&mut self.incoming);
+                    // A WebSocket lives long: keep no buffer for it.
+                    self.incoming = Vec::new();
                     return;
                 }
                 State::Refused => {
@@ -446,34 +452,21 @@ mod tests {
 
     #[test]
     fn good_heads_pass_with_their_body_and_upgrade() {
-        assert_eq!(
-            status("GET /api/live/stats HTTP/1.1\r\nHost: x\r\n\r\n"),
+        let passed = |head: &str, body, upgrade| {
             Ok(Passed {
-                body: 0,
-                upgrade: false
+                length: head.len(),
+                body,
+                upgrade,
             })
-        );
-        assert_eq!(
-            status("GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(Passed {
-                body: 0,
-                upgrade: false
-            })
-        );
-        assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
-            Ok(Passed {
-                body: 5,
-                upgrade: false
-            })
-        );
-        assert_eq!(
-            status("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
-            Ok(Passed {
-                body: 0,
-                upgrade: true
-            })
-        );
+        };
+        let get = "GET /api/live/stats HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(status(get), passed(get, 0, false));
+        let absolute = "GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(status(absolute), passed(absolute, 0, false));
+        let post = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(status(post), passed(post, 5, false));
+        let ws = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(status(ws), passed(ws, 0, true));
         assert!(status("OPTIONS * HTTP/1.1\r\n\r\n").is_ok());
     }
 
