@@ -330,6 +330,7 @@ async fn serve_stage(
         },
         access: Access::new(options.api_token.clone(), options.allowed_origins.as_deref()),
         max_connections: options.max_connections as usize,
+        resume_max_updates: i64::from(options.resume_max_updates),
     };
     serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
     Ok(())

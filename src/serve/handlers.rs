@@ -98,14 +98,17 @@ pub async fn stats(app: App) -> Result<impl Reply, Infallible> {
 /// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
 const WS_MAX_FRAME: usize = 1024 * 1024;
 
-/// `GET /ws`: takes the client in, within the connection budget (a JSON 503
-/// over it), and hands the socket to [`super::ws::run`].
+/// `GET /ws?lastId=`: takes the client in, within the connection budget (a
+/// JSON 503 over it), and hands the socket to [`super::ws::run`]; a bad
+/// `lastId` is a 400 before the upgrade.
 pub async fn websocket(
     key: String,
     upgrade: Upgrade,
+    query: HashMap<String, String>,
     app: App,
     shutdown: CancellationToken,
 ) -> Result<warp::reply::Response, Rejection> {
+    let resume = param(&query, "lastId", 0..=i64::MAX)?;
     let Some(connection) = app.hub.try_connect(app.max_connections) else {
         let reply = warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
@@ -122,13 +125,21 @@ pub async fn websocket(
         return Err(ApiError::bad_request("this connection cannot be upgraded"));
     };
     let App {
-        hub, pool, sockets, ..
+        hub,
+        pool,
+        sockets,
+        resume_max_updates,
+        ..
     } = app;
+    let start = super::ws::Start {
+        resume,
+        resume_max_updates,
+    };
     server::spawn_socket(
         &sockets,
         on_upgrade,
         server::socket_config(WS_MAX_FRAME),
-        move |socket| super::ws::run(socket, connection, hub, pool, shutdown),
+        move |socket| super::ws::run(socket, connection, hub, pool, start, shutdown),
     );
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");

@@ -51,6 +51,8 @@ pub struct App {
     pub sockets: TaskTracker,
     /// Most WebSocket clients at once.
     pub max_connections: usize,
+    /// Most updates one resume replays.
+    pub resume_max_updates: i64,
 }
 
 /// How a server runs.
@@ -60,6 +62,8 @@ pub struct ServeSettings {
     pub access: Access,
     /// Most WebSocket clients at once (`MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Most updates one resume replays (`RESUME_MAX_UPDATES`).
+    pub resume_max_updates: i64,
 }
 
 /// File descriptors kept for everything but WebSockets (database, broker,
@@ -111,6 +115,7 @@ pub async fn run(
         access: Arc::new(settings.access),
         sockets: sockets.clone(),
         max_connections: settings.max_connections,
+        resume_max_updates: settings.resume_max_updates,
     };
     let routes = routes::routes(app, shutdown.clone());
     server::run(listener, routes, sockets, shutdown).await;

@@ -124,6 +124,11 @@ pub enum ServerMessage {
     },
     Stats(Stats),
     Anime(AnimeDetail),
+    /// The end of a replay: every update after `last_id` up to here was sent.
+    Resumed {
+        last_id: i64,
+        replayed: u64,
+    },
     Resync {
         reason: String,
     },
@@ -196,6 +201,12 @@ mod tests {
             snapshot,
             r#"{"type":"snapshot","lastId":7,"trending":[],"updates":[]}"#
         );
+        let resumed = ServerMessage::Resumed {
+            last_id: 1042,
+            replayed: 17,
+        }
+        .to_json();
+        assert_eq!(resumed, r#"{"type":"resumed","lastId":1042,"replayed":17}"#);
         let stats = ServerMessage::Stats(Stats::default()).to_json();
         assert!(
             stats.starts_with(r#"{"type":"stats","connections":0,"rooms":0,"eventsLastMinute":0"#),

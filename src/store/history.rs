@@ -139,6 +139,18 @@ pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredE
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 
+/// The oldest and the newest history ids (both 0 when there is none).
+pub async fn bounds(pool: &Pool) -> Result<(i64, i64)> {
+    let db = super::checkout(pool).await?;
+    let row = db
+        .query_one(
+            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM popularity_events",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// The highest history id (0 when there is none).
 pub async fn last_id(pool: &Pool) -> Result<i64> {
     let db = super::checkout(pool).await?;
