@@ -213,6 +213,7 @@ mod tests {
             vec![],
             vec![UpdateView::from(&Update {
                 id: 1,
+                event_id: None,
                 event: crate::event::Event {
                     mal_id: 1,
                     title: "<script>alert(1)</script>".into(),

@@ -243,6 +243,20 @@ async fn history_ids(db: &common::TestDb) -> Vec<i64> {
         .collect()
 }
 
+/// Whether a resume from `after` sends `"eventId": null` on every update
+/// (records published without an event id).
+async fn replayed_event_ids_are_null(stack: &Stack, after: i64) -> bool {
+    let mut ws = stack.ws_at(&format!("/ws?lastId={after}")).await;
+    loop {
+        let message = next_json(&mut ws, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") if !message["eventId"].is_null() => return false,
+            Some("resumed") => return true,
+            _ => {}
+        }
+    }
+}
+
 /// Reads a resume: the updates' ids up to `resumed`, and `resumed`; fails on
 /// a snapshot or a resync first.
 async fn replay_of(ws: &mut Ws) -> (Vec<i64>, serde_json::Value) {
@@ -304,6 +318,34 @@ async fn resume_at_connect_replays_oldest_first_says_resumed_then_goes_live() {
         last = id;
     }
     assert_eq!(history_ids(&stack.db).await.last(), Some(&last));
+
+    // Each update carries its event id: null for these records (published
+    // without one), the record's own for the producer's.
+    assert!(replayed_event_ids_are_null(&stack, seen_up_to).await);
+    stack.topic.publish_simulated(2, 5).await;
+    let mut sent = Vec::new();
+    while sent.len() < 2 {
+        let update = next_of(&mut ws, "update", WAIT).await;
+        sent.push((
+            update["id"].as_i64().unwrap(),
+            update["eventId"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let stored: Vec<(i64, String)> = stack
+        .db
+        .connect()
+        .await
+        .query(
+            "SELECT id, event_id::text FROM popularity_events WHERE id > $1 ORDER BY id",
+            &[&last],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(sent, stored, "each update's eventId is its record's");
+    last = sent[1].0;
 
     // Resuming from the newest id replays nothing.
     let mut ws = stack.ws_at(&format!("/ws?lastId={last}")).await;
