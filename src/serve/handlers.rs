@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::App;
 use super::error::ApiError;
 use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
-use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, TrendingView, UpdateView};
+use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, LIVE_CLIENT_JS, TrendingView, UpdateView};
 use super::server::{self, Upgrade};
 use crate::store::{StoreError, history};
 
@@ -219,6 +219,7 @@ fn urlencode(text: &str) -> String {
 pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "live-client.js" => (LIVE_CLIENT_JS, "text/javascript; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return Err(ApiError::not_found(format!("no static file {file:?}"))),

@@ -8,6 +8,8 @@ use crate::event::{EventType, Measure};
 
 /// `static/app.js`.
 pub const APP_JS: &str = include_str!("../../static/app.js");
+/// `static/live-client.js`, the WebSocket client `app.js` imports.
+pub const LIVE_CLIENT_JS: &str = include_str!("../../static/live-client.js");
 /// `static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
 /// `static/favicon.svg`, also served as `/favicon.ico`.
