@@ -1,9 +1,10 @@
-//! Resume under fire: clients that reconnect to whichever server answers,
-//! resuming with `/ws?lastId=` of the last update they applied, while the
-//! servers and the consumers are killed (SIGKILL) and started again. The
-//! real binary runs as child processes on the real broker and a database
-//! of the test's own; at the end each client's ledger is compared with the
-//! history, and what was published with what was stored.
+//! Resume under fire: clients that reconnect to whichever server answers
+//! (directly, or through HAProxy), resuming with `/ws?lastId=` of the last
+//! update they applied, while the servers and the consumers are killed
+//! (SIGKILL) and started again. The real binary runs as child processes on
+//! the real broker and a database of the test's own; at the end each
+//! client's ledger is compared with the history, and what was published
+//! with what was stored.
 
 use crate::common;
 
@@ -13,9 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Proc, TestDb, TestTopic, broker, catlog, event_id, free_port, log_records, port_answers, wait_until,
+    Proc, TestDb, TestTopic, broker, catlog, event_id, free_port, log_records, port_answers, unique,
+    wait_until, which,
 };
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -163,6 +166,137 @@ async fn answers(port: u16, what: &str, log: impl Fn() -> String) {
     }
 }
 
+/// The clients of one run and their ledgers.
+struct Clients {
+    ledgers: Vec<Arc<Mutex<Ledger>>>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Clients {
+    /// [`CLIENTS`] clients of the servers on `ports`, each live once this returns.
+    async fn live(ports: Vec<u16>) -> Self {
+        let ports = Arc::new(ports);
+        let stop = CancellationToken::new();
+        let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+        let tasks = ledgers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| tokio::spawn(client(i, Arc::clone(&ports), Arc::clone(l), stop.clone())))
+            .collect();
+        let clients = Self { ledgers, tasks, stop };
+        wait_until(WAIT, "every client to be live", || async {
+            clients
+                .ledgers
+                .iter()
+                .all(|l| l.lock().unwrap().applied.is_some())
+        })
+        .await;
+        clients
+    }
+
+    /// Waits until every client has the newest row of `history`, stops
+    /// them, and prints and returns what they got against it.
+    async fn finish(self, history: &[i64]) -> (Figures, usize, u64) {
+        let newest = history.last().copied().unwrap_or_default();
+        wait_until(WAIT, "every client to reach the newest row", || async {
+            self.ledgers
+                .iter()
+                .all(|l| l.lock().unwrap().applied >= Some(newest))
+        })
+        .await;
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let mut total = Figures::default();
+        let (mut connections, mut replayed) = (0, 0);
+        for (i, ledger) in self.ledgers.iter().enumerate() {
+            let ledger = ledger.lock().unwrap();
+            let f = figures(&ledger, history);
+            eprintln!(
+                "client {i}: {f:?}, {} connections, {} replayed",
+                ledger.connections, ledger.replayed
+            );
+            total.checked += f.checked;
+            total.missing += f.missing;
+            total.duplicated += f.duplicated;
+            total.out_of_order += f.out_of_order;
+            total.resyncs += f.resyncs;
+            connections += ledger.connections;
+            replayed += ledger.replayed;
+        }
+        (total, connections, replayed)
+    }
+}
+
+/// Stops the producer; checks every published event is stored once and
+/// nothing else; the number published and the history's ids, oldest first.
+async fn stored_once(
+    db: &TestDb,
+    topic: &TestTopic,
+    mut producer: Proc,
+    consumer: &Proc,
+) -> (usize, Vec<i64>) {
+    assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
+    let published: HashSet<Uuid> = log_records(&broker(), &topic.name)
+        .await
+        .iter()
+        .map(|(_, _, r)| event_id(r))
+        .collect();
+    assert_all_stored_once(db, &published, consumer, WAIT).await;
+    let stored = db.count("SELECT count(*) FROM popularity_events").await;
+    assert_eq!(stored, published.len() as i64, "nothing else stored");
+    let history = db
+        .connect()
+        .await
+        .query("SELECT id FROM popularity_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (published.len(), history)
+}
+
+fn producer(topic: &TestTopic, db: &TestDb) -> Proc {
+    Proc::spawn(
+        catlog(&["produce", "--rate", "80", "--seed", "23"], &topic.name, &db.url),
+        "produce",
+    )
+}
+
+async fn events_flowing(db: &TestDb) {
+    wait_until(WAIT, "events flowing", || async {
+        db.count("SELECT count(*) FROM popularity_events").await >= 50
+    })
+    .await;
+}
+
+/// SIGKILL, a moment's pause, and the same server again on its port.
+async fn kill_and_restart_serve(server: &mut Proc, topic: &TestTopic, db: &TestDb, port: u16) {
+    server.kill_hard();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *server = serve(&topic.name, db, port);
+    answers(port, "serve again", || server.output()).await;
+}
+
+/// The figures as a line to quote, and the assertion on them.
+fn report(what: &str, kills: &str, published: usize, (total, connections, replayed): (Figures, usize, u64)) {
+    eprintln!(
+        "{what}: {CLIENTS} clients, {kills}, {published} events published and stored once (0 lost, 0 \
+         duplicated); {} updates checked against the history: {} missing, {} duplicated, {} out of order, \
+         {} resyncs; {connections} connections, {replayed} updates replayed on resume",
+        total.checked, total.missing, total.duplicated, total.out_of_order, total.resyncs,
+    );
+    assert_eq!(
+        (total.missing, total.duplicated, total.out_of_order, total.resyncs),
+        (0, 0, 0, 0),
+        "missing, duplicated, out of order, resyncs"
+    );
+    assert!(replayed > 0, "the drops made clients resume with a replay");
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Kill {
     Serve(usize),
@@ -173,32 +307,15 @@ enum Kill {
 async fn clients_resuming_through_killed_servers_and_consumers_miss_nothing_and_see_nothing_twice() {
     let db = TestDb::migrated().await;
     let topic = TestTopic::new(4).await;
-    let ports = Arc::new(vec![free_port(), free_port()]);
+    let ports = vec![free_port(), free_port()];
     let mut servers: Vec<Proc> = ports.iter().map(|p| serve(&topic.name, &db, *p)).collect();
     let mut consumers = [consume(&topic.name, &db), consume(&topic.name, &db)];
-    let mut producer = Proc::spawn(
-        catlog(&["produce", "--rate", "80", "--seed", "23"], &topic.name, &db.url),
-        "produce",
-    );
+    let producer = producer(&topic, &db);
     for (port, server) in ports.iter().zip(&servers) {
         answers(*port, "serve", || server.output()).await;
     }
-    wait_until(WAIT, "events flowing", || async {
-        db.count("SELECT count(*) FROM popularity_events").await >= 50
-    })
-    .await;
-
-    let stop = CancellationToken::new();
-    let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
-    let tasks: Vec<_> = ledgers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| tokio::spawn(client(i, Arc::clone(&ports), Arc::clone(l), stop.clone())))
-        .collect();
-    wait_until(WAIT, "every client to be live", || async {
-        ledgers.iter().all(|l| l.lock().unwrap().applied.is_some())
-    })
-    .await;
+    events_flowing(&db).await;
+    let clients = Clients::live(ports.clone()).await;
 
     let kills = [
         Kill::Serve(0),
@@ -211,12 +328,7 @@ async fn clients_resuming_through_killed_servers_and_consumers_miss_nothing_and_
     for kill in kills {
         tokio::time::sleep(Duration::from_secs(3)).await;
         match kill {
-            Kill::Serve(i) => {
-                servers[i].kill_hard();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                servers[i] = serve(&topic.name, &db, ports[i]);
-                answers(ports[i], "serve again", || servers[i].output()).await;
-            }
+            Kill::Serve(i) => kill_and_restart_serve(&mut servers[i], &topic, &db, ports[i]).await,
             Kill::Consume(i) => {
                 consumers[i].kill_hard();
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -226,72 +338,77 @@ async fn clients_resuming_through_killed_servers_and_consumers_miss_nothing_and_
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // The stored side: every published event once, nothing else.
-    assert_eq!(producer.terminate().code(), Some(0), "{}", producer.output());
-    let published: HashSet<Uuid> = log_records(&broker(), &topic.name)
-        .await
-        .iter()
-        .map(|(_, _, r)| event_id(r))
-        .collect();
-    assert_all_stored_once(&db, &published, &consumers[0], WAIT).await;
-    let stored = db.count("SELECT count(*) FROM popularity_events").await;
-    assert_eq!(stored, published.len() as i64, "nothing else stored");
+    let (published, history) = stored_once(&db, &topic, producer, &consumers[0]).await;
+    let got = clients.finish(&history).await;
+    report("resume chaos", "6 kills (4 serve, 2 consume)", published, got);
+}
 
-    // The client side: each one up to the newest row.
-    let history: Vec<i64> = db
-        .connect()
-        .await
-        .query("SELECT id FROM popularity_events ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let newest = history.last().copied().unwrap_or_default();
-    wait_until(WAIT, "every client to reach the newest row", || async {
-        ledgers.iter().all(|l| l.lock().unwrap().applied >= Some(newest))
+/// HAProxy, from Debian's package (scripts/test installs it).
+fn haproxy_binary() -> std::path::PathBuf {
+    which("haproxy")
+        .or_else(|| Some(std::path::PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("haproxy not found: install Debian's haproxy package (scripts/test does)"))
+}
+
+/// `deploy/haproxy.cfg` as it is, on `front` and in front of `servers`.
+fn haproxy_config(front: u16, servers: &[u16]) -> std::path::PathBuf {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+    let mut text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text = text.replace("127.0.0.1:8080", &format!("127.0.0.1:{front}"));
+    for (i, port) in servers.iter().enumerate() {
+        text = text.replace(&format!("127.0.0.1:{}", 3001 + i), &format!("127.0.0.1:{port}"));
+    }
+    let file = std::env::temp_dir().join(format!("{}.cfg", unique("haproxy")));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_through_haproxy_in_front_of_three_killed_servers_miss_nothing_and_see_nothing_twice() {
+    let binary = haproxy_binary();
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::new(4).await;
+    let ports = vec![free_port(), free_port(), free_port()];
+    let mut servers: Vec<Proc> = ports.iter().map(|p| serve(&topic.name, &db, *p)).collect();
+    let consumers = [consume(&topic.name, &db), consume(&topic.name, &db)];
+    let producer = producer(&topic, &db);
+    for (port, server) in ports.iter().zip(&servers) {
+        answers(*port, "serve", || server.output()).await;
+    }
+    let front = free_port();
+    let config = haproxy_config(front, &ports);
+    let mut cmd = Command::new(binary);
+    cmd.arg("-db").arg("-f").arg(&config);
+    let mut haproxy = Proc::spawn(cmd, "haproxy");
+    answers(front, "haproxy", || haproxy.output()).await;
+    wait_until(WAIT, "haproxy to answer /readyz", || async {
+        reqwest::get(format!("http://127.0.0.1:{front}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
     })
     .await;
-    stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    events_flowing(&db).await;
+    let clients = Clients::live(vec![front]).await;
 
-    let mut total = Figures::default();
-    let (mut connections, mut replayed) = (0, 0);
-    for (i, ledger) in ledgers.iter().enumerate() {
-        let ledger = ledger.lock().unwrap();
-        let f = figures(&ledger, &history);
-        eprintln!(
-            "client {i}: {f:?}, {} connections, {} replayed",
-            ledger.connections, ledger.replayed
-        );
-        total.checked += f.checked;
-        total.missing += f.missing;
-        total.duplicated += f.duplicated;
-        total.out_of_order += f.out_of_order;
-        total.resyncs += f.resyncs;
-        connections += ledger.connections;
-        replayed += ledger.replayed;
+    let kills = [0, 1, 2, 0, 1, 2];
+    for i in kills {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        kill_and_restart_serve(&mut servers[i], &topic, &db, ports[i]).await;
     }
-    eprintln!(
-        "resume chaos: {CLIENTS} clients, {} kills ({} serve, {} consume), {} events published and {stored} \
-         stored (0 lost, 0 duplicated); {} updates checked against the history: {} missing, {} duplicated, \
-         {} out of order, {} resyncs; {connections} connections, {replayed} updates replayed on resume",
-        kills.len(),
-        kills.iter().filter(|k| matches!(k, Kill::Serve(_))).count(),
-        kills.iter().filter(|k| matches!(k, Kill::Consume(_))).count(),
-        published.len(),
-        total.checked,
-        total.missing,
-        total.duplicated,
-        total.out_of_order,
-        total.resyncs,
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (published, history) = stored_once(&db, &topic, producer, &consumers[0]).await;
+    let got = clients.finish(&history).await;
+    let _ = std::fs::remove_file(&config);
+    report(
+        "resume through haproxy",
+        "6 serve kills behind one HAProxy",
+        published,
+        got,
     );
-    assert_eq!(
-        (total.missing, total.duplicated, total.out_of_order, total.resyncs),
-        (0, 0, 0, 0),
-        "missing, duplicated, out of order, resyncs"
+    assert!(
+        haproxy.child.try_wait().unwrap().is_none(),
+        "haproxy stopped:\n{}",
+        haproxy.output()
     );
-    assert!(replayed > 0, "the kills made clients resume with a replay");
 }
