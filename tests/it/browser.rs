@@ -630,3 +630,57 @@ async fn the_page_loses_its_connection_twice_during_a_replay_and_still_shows_eve
     assert_eq!(duplicates, 0, "the feed shows a row twice");
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_indicator_says_delayed_and_why_when_the_server_cannot_read_new_history() {
+    let db = TestDb::new();
+    let topic = unique("catlog-delayed");
+    // The pipeline reaches PostgreSQL through a proxy the test can freeze.
+    let proxy = Proxy::tcp(db.server_port());
+    let via = db.url_via(proxy.port());
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[
+            ("DATABASE_URL", via.as_str()),
+            ("DB_TIMEOUT", "3s"),
+            ("PRODUCER_INTERVAL_MS", "250"),
+        ],
+    )
+    .await;
+    let (_driver, client) = open_browser().await;
+    client.goto(&url).await.unwrap();
+    wait_js(
+        &client,
+        "the page to be live",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+
+    proxy.freeze();
+    wait_js(
+        &client,
+        "the indicator to say delayed, with the server's reason",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'delayed' && s.textContent.startsWith('Delayed — ') \
+           && s.textContent.includes('PostgreSQL')",
+    )
+    .await;
+    let said = js(&client, "return document.getElementById('status').textContent").await;
+    std::fs::write(
+        screenshot_path("live-page-delayed.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    proxy.thaw();
+    wait_js(
+        &client,
+        "the indicator to say Live again",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'connected' && s.textContent === 'Live'",
+    )
+    .await;
+    eprintln!("while PostgreSQL was frozen the page said: {said}");
+    client.close().await.unwrap();
+}
