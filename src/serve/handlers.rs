@@ -192,10 +192,12 @@ pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Repl
         .get("token")
         .map(|t| format!("?token={}", urlencode(t)))
         .unwrap_or_default();
+    // The page resumes after `last_id`: it must be the id its rows cover.
+    let (recent, last_id) = app.hub.recent_and_last_id();
     let page = IndexPage::new(
         app.hub.trending().iter().map(TrendingView::from).collect(),
-        app.hub.recent().iter().map(UpdateView::from).collect(),
-        app.hub.last_id(),
+        recent.iter().map(UpdateView::from).collect(),
+        last_id,
         token_query,
     );
     let html = page.render().map_err(|error| {

@@ -281,14 +281,16 @@ impl Hub {
         self.read().trending.clone()
     }
 
-    /// The newest updates, newest first.
-    pub fn recent(&self) -> Vec<Update> {
-        self.read().recent.iter().cloned().collect()
-    }
-
     /// The highest history id this process has seen.
     pub fn last_id(&self) -> i64 {
         self.read().last_id
+    }
+
+    /// The newest updates (newest first) and the id they cover up to, read
+    /// together: a page that shows them resumes after that id.
+    pub fn recent_and_last_id(&self) -> (Vec<Update>, i64) {
+        let shared = self.read();
+        (shared.recent.iter().cloned().collect(), shared.last_id)
     }
 
     /// The first message of every connection, and the id it covers up to.

@@ -305,7 +305,9 @@ impl Peer {
                 "that id was never handed out (the newest is {newest})"
             )));
         }
-        if last_id > 0 && last_id < oldest {
+        // History is deleted oldest first: the row after `last_id` gone
+        // means some of what the client missed is gone.
+        if last_id > 0 && last_id + 1 < oldest {
             return Ok(Err(format!(
                 "the history no longer holds the updates after {last_id} (it starts at {oldest})"
             )));
