@@ -559,6 +559,11 @@ import { LiveClient } from "./live-client.js";
     });
   }
 
+  // The newest row the server rendered is the last event seen so far (a
+  // resume sends no snapshot to say so).
+  const newestShown = feed.querySelector("time[datetime]");
+  if (newestShown) noteEvent(Date.parse(newestShown.getAttribute("datetime")));
+
   tick();
   setInterval(tick, 1000);
   live.start();

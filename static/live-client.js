@@ -61,6 +61,7 @@ export class LiveClient extends EventTarget {
   start() {
     this.stopped = false;
     window.addEventListener("online", this.onOnline);
+    this.setState("connecting", {});
     this.connect();
   }
 
@@ -110,7 +111,6 @@ export class LiveClient extends EventTarget {
     this.live = false;
     this.missed = 0;
     this.awaitingReset = this.applied === null;
-    this.setState("connecting", {});
     let ws;
     try {
       ws = new WebSocket(url.href);
