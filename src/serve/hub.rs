@@ -293,15 +293,18 @@ impl Hub {
         (shared.recent.iter().cloned().collect(), shared.last_id)
     }
 
-    /// The first message of every connection, and the id it covers up to.
-    pub fn snapshot(&self) -> (i64, Frame) {
+    /// The first message of a connection without a resume point, and the
+    /// ids its updates cover: from the oldest it holds up to its `lastId`
+    /// (the recent updates are the newest rows, without a gap).
+    pub fn snapshot(&self) -> (std::ops::RangeInclusive<i64>, Frame) {
         let shared = self.read();
         let message = ServerMessage::Snapshot {
             last_id: shared.last_id,
             trending: shared.trending.clone(),
             updates: shared.recent.iter().cloned().map(ServerMessage::Update).collect(),
         };
-        (shared.last_id, Frame::json(&message))
+        let oldest = shared.recent.back().map_or(shared.last_id + 1, |u| u.id);
+        (oldest..=shared.last_id, Frame::json(&message))
     }
 
     /// A client follows an anime.

@@ -77,6 +77,9 @@ struct Peer {
     rooms: HashSet<i32>,
     /// Highest update id sent; no update at or below it is sent again.
     last_sent: i64,
+    /// Every update from this id up to `last_sent` went out on this
+    /// connection (in a snapshot or one by one).
+    sent_from: i64,
     /// Most updates one resume replays.
     resume_max: i64,
     /// Frames waiting for the next burst.
@@ -107,8 +110,9 @@ impl Peer {
 
     /// Queues the snapshot; later updates up to its id are skipped.
     fn snapshot(&mut self) {
-        let (last_id, frame) = self.hub.snapshot();
-        self.last_sent = self.last_sent.max(last_id);
+        let (covers, frame) = self.hub.snapshot();
+        self.sent_from = *covers.start();
+        self.last_sent = self.last_sent.max(*covers.end());
         self.send(frame);
     }
 
@@ -325,6 +329,19 @@ impl Peer {
                 return Ok(Err("the history is unavailable right now".into()));
             }
         };
+        // What the client missed before what this connection sent cannot
+        // be sent without going back: start again instead.
+        if last_id < self.last_sent && rows.first().is_some_and(|row| row.id < self.sent_from) {
+            return Ok(Err(format!(
+                "the updates after {last_id} are older than this connection's snapshot"
+            )));
+        }
+        if self.last_sent == 0 {
+            self.sent_from = last_id + 1;
+        }
+        // The client has everything up to `last_id`: a broadcast of it (from
+        // a follower behind the history) is not sent either.
+        self.last_sent = self.last_sent.max(last_id);
         let mut replayed = 0;
         for row in rows {
             if row.id <= self.last_sent {
@@ -383,6 +400,7 @@ pub async fn run(
         pool,
         rooms: HashSet::new(),
         last_sent: 0,
+        sent_from: 0,
         resume_max: start.resume_max_updates,
         out: Vec::new(),
         unpublished: 0,

@@ -443,6 +443,28 @@ async fn a_server_behind_the_client_catches_up_from_the_history_instead_of_resyn
     assert_eq!(replayed, added[1..], "replayed from PostgreSQL");
     assert_eq!(resumed["replayed"], 2);
 
+    // A client that has everything the history holds, from a server this
+    // one has not caught up with: nothing to replay, and when its follower
+    // reads those rows they are not sent either.
+    let mut more = insert(2).await;
+    more.sort();
+    let mut ws = ws_at(behind.addr, &format!("/ws?lastId={}", more[1])).await;
+    let (replayed, _) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    stack
+        .topic
+        .publish_raw(
+            0,
+            vec![score_event(5114, "Fullmetal Alchemist: Brotherhood", "9.10")],
+        )
+        .await;
+    let next = next_of(&mut ws, "update", WAIT).await;
+    assert!(
+        next["id"].as_i64().unwrap() > more[1],
+        "an update the client had: {next}"
+    );
+    assert_eq!(next["event"]["malId"], 5114);
+
     // An id the history does not hold yet, committed while the server waits.
     let next = history_ids(&stack.db).await.last().unwrap() + 1;
     let mut ws = ws_at(behind.addr, &format!("/ws?lastId={next}")).await;
@@ -680,4 +702,47 @@ async fn every_client_is_pinged_and_a_stopping_server_closes_them() {
         );
     }
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_resume_message_answers_resync_when_what_was_missed_is_older_than_the_snapshot() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    let records = (0..60)
+        .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    stack.wait_until_served(60).await;
+    let ids = history_ids(&stack.db).await;
+
+    // The snapshot holds the newest 50: the ten after the oldest are in
+    // neither it nor anything this connection may still send.
+    let mut ws = stack.ws().await;
+    let snapshot = next_of(&mut ws, "snapshot", WAIT).await;
+    assert_eq!(snapshot["lastId"], ids[59]);
+    send(&mut ws, json!({"type": "resume", "lastId": ids[0]})).await;
+    let mut replayed = Vec::new();
+    let resync = loop {
+        let message = next_json(&mut ws, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") => replayed.push(message["id"].as_i64().unwrap()),
+            Some("resync") => break message,
+            Some("resumed") => panic!("resumed over a gap: {message}"),
+            _ => {}
+        }
+    };
+    assert!(replayed.is_empty(), "sent again: {replayed:?}");
+    assert!(
+        resync["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older than this connection's snapshot"),
+        "{resync}"
+    );
+    next_of(&mut ws, "snapshot", WAIT).await;
+
+    // What the snapshot holds needs nothing sent again.
+    send(&mut ws, json!({"type": "resume", "lastId": ids[20]})).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(resumed["replayed"], 0);
 }
