@@ -436,6 +436,12 @@ pub struct ServerOptions {
           value_name = "DURATION", value_parser = parse_duration)]
     pub http_head_timeout: Duration,
 
+    /// Most updates one resume replays (`/ws?lastId=N` or the `resume`
+    /// message); a larger gap gets `resync` and a fresh snapshot.
+    #[arg(long = "resume-max-updates", env = "RESUME_MAX_UPDATES", default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub resume_max_updates: u32,
+
     /// When set, the page, /api/* and /ws require this token (header
     /// `Authorization: Bearer <token>` or query `?token=<token>`); /healthz,
     /// /readyz and /metrics stay open [default: no token].

@@ -330,6 +330,7 @@ async fn serve_stage(
             },
             head_timeout: options.http_head_timeout,
         },
+        resume_max_updates: i64::from(options.resume_max_updates),
     };
     serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
     Ok(())

@@ -1,14 +1,14 @@
-// CatLog Live – browser client. Vanilla JS, no build step.
+// CatLog Live – the page. Vanilla JS modules, no build step.
 // The server renders the initial feed/trending markup and, in <template>
 // elements, the same markup empty: this script clones those for live rows,
 // so the markup and its words are written once (templates/index.html).
+// The connection (reconnect, resume, no repeats) is live-client.js.
+import { LiveClient } from "./live-client.js";
+
 (function () {
   "use strict";
 
   const MAX_FEED = 50;
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
-  const OFFLINE_AFTER_FAILURES = 5;
   // "Live" only while data flows: connected but silent for far longer than
   // the usual gap between events reads as stale.
   const STALE_FACTOR = 10;        // … this many usual gaps without an event
@@ -26,13 +26,8 @@
   const chart = $("anime-chart");
 
   const state = {
-    lastId: Number(body.dataset.lastId) || 0, // highest history id seen
     followed: null,        // malId shown in the detail panel, or null
-    socket: null,
-    everOpened: false,     // true once any socket has opened (=> later opens are reconnects)
-    haveSnapshot: false,   // true once a snapshot was applied; next snapshot merges instead of replacing
-    failures: 0,           // consecutive connection attempts that never opened
-    retryTimer: null,
+    delayed: null,         // the server's {reason, since} when its data is behind
     lastEventAt: null,     // when the newest event arrived (ms, this clock)
     gaps: [],              // recent gaps between arriving events (ms)
     statsGapMs: null,      // the server's recent rate, as a gap (ms)
@@ -159,11 +154,18 @@
     return `${Math.floor(seconds / 86400)} d`;
   }
 
-  /** Connected: Live while events flow, stale after a long silence. */
+  /** Connected: Live while events flow, stale after a long silence, delayed when the server says why. */
   function checkFreshness(now) {
     const current = $("status").dataset.state;
-    if (current !== "connected" && current !== "stale") return;
-    if (state.lastEventAt === null) return;
+    if (current !== "connected" && current !== "stale" && current !== "delayed") return;
+    if (state.delayed) {
+      setStatus("delayed", `Delayed — ${state.delayed.reason || "the data is behind"}`);
+      return;
+    }
+    if (state.lastEventAt === null) {
+      setStatus("connected");
+      return;
+    }
     const gap = usualGapMs();
     const limit = Math.max(STALE_MIN_MS, gap ? gap * STALE_FACTOR : STALE_MIN_MS);
     const idle = now - state.lastEventAt;
@@ -218,8 +220,6 @@
     return item;
   }
 
-  const noteId = (id) => { if (Number.isFinite(id) && id > state.lastId) state.lastId = id; };
-
   const syncFeedEmpty = () => { $("feed-empty").hidden = feed.children.length > 0; };
 
   /**
@@ -230,7 +230,6 @@
   function addUpdate(msg, highlight) {
     const v = updateView(msg);
     if (!Number.isFinite(v.id) || feed.querySelector(`li[data-id="${v.id}"]`)) return;
-    noteId(v.id);
     const item = updateItem(v);
     if (highlight) {
       item.classList.add("fresh");
@@ -244,10 +243,7 @@
   }
 
   function replaceFeed(updates) {
-    const items = updates.slice(0, MAX_FEED).map((msg) => {
-      noteId(Number(msg.id));
-      return updateItem(updateView(msg));
-    });
+    const items = updates.slice(0, MAX_FEED).map((msg) => updateItem(updateView(msg)));
     feed.replaceChildren(...items);
     syncFeedEmpty();
   }
@@ -426,26 +422,21 @@
 
   // ---------------------------------------------------------------- following
 
-  function send(message) {
-    const ws = state.socket;
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
-  }
-
   function follow(malId, title) {
     if (!Number.isFinite(malId)) return;
     if (malId === state.followed) {
       $("anime-title").focus(); // already shown: just bring it into view
       return;
     }
-    if (state.followed !== null) send({ type: "unsubscribe", malId: state.followed });
+    if (state.followed !== null) live.unsubscribe(state.followed);
     state.followed = malId;
-    send({ type: "subscribe", malId }); // if offline, onOpen re-sends it
+    live.subscribe(malId); // if offline, the client sends it on connect
     showLoading(title);
   }
 
   function closePanel() {
     const closed = state.followed;
-    if (closed !== null) send({ type: "unsubscribe", malId: closed });
+    if (closed !== null) live.unsubscribe(closed);
     state.followed = null;
     panel.hidden = true;
     // Return focus to a button for the same anime if one is still on screen.
@@ -456,17 +447,12 @@
   // ---------------------------------------------------------------- messages
 
   const handlers = {
-    snapshot(msg) {
-      const updates = msg.updates || [];
-      if (state.haveSnapshot) {
-        // Reconnect: keep what we have and merge in anything we missed.
-        updates.forEach((u) => addUpdate(u, true));
-      } else {
-        replaceFeed(updates);
-      }
-      noteId(Number(msg.lastId));
-      renderTrending(msg.trending);
-      state.haveSnapshot = true;
+    // Only a view starting again (a first connect without a resume point, or
+    // after a resync) comes as a snapshot the client hands on as a reset.
+    snapshot({ message, reset }) {
+      const updates = message.updates || [];
+      if (reset) replaceFeed(updates);
+      renderTrending(message.trending);
       const newest = updates.length ? Date.parse(updates[0].event && updates[0].event.timestamp) : NaN;
       noteEvent(Number.isFinite(newest) ? newest : Date.now());
     },
@@ -482,33 +468,19 @@
       setText("stats-events-word", Number(msg.eventsLastMinute) === 1 ? "event" : "events");
       const perMinute = Number(msg.eventsLastMinute);
       state.statsGapMs = perMinute > 0 ? 60000 / perMinute : null;
+      state.delayed = msg.delayed && typeof msg.delayed === "object" ? msg.delayed : null;
+      checkFreshness(Date.now());
     },
     anime: (msg) => msg.malId === state.followed && renderPanel(msg),
-    resync(msg) {
-      // Server says our view is unreliable: forget it; the next snapshot replaces everything.
-      console.info("resync requested by server:", msg.reason);
-      state.haveSnapshot = false;
-      state.lastId = 0;
-    },
     error: (msg) => console.error("server error:", msg.error),
   };
 
-  function onMessage(data) {
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (err) {
-      console.warn("ignoring non-JSON frame", err);
-      return;
-    }
-    const handler = msg && handlers[msg.type];
-    if (handler) handler(msg);
-    else console.debug("ignoring unknown message type", msg && msg.type);
-  }
+  // ---------------------------------------------------------------- connection
 
-  // ---------------------------------------------------------------- socket lifecycle
-
-  const STATUS_TEXT = { connecting: "Connecting…", connected: "Live", reconnecting: "Reconnecting…", offline: "Offline" };
+  const STATUS_TEXT = {
+    connecting: "Connecting…", connected: "Live", reconnecting: "Reconnecting…",
+    recovering: "Catching up…", offline: "Offline",
+  };
 
   function setStatus(name, text) {
     const node = $("status");
@@ -519,60 +491,43 @@
     node.textContent = words;
   }
 
-  function socketUrl() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    return scheme + location.host + "/ws" + (body.dataset.tokenQuery || "");
-  }
-
-  function connect() {
-    clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    let ws;
-    try {
-      ws = new WebSocket(socketUrl());
-    } catch (err) {
-      console.error("cannot open WebSocket", err);
-      state.failures += 1;
-      scheduleReconnect();
-      return;
+  /** The client's state, in words. */
+  function onState({ state: name, reconnect, missed, reason }) {
+    switch (name) {
+      case "connecting":
+        setStatus(reconnect ? "reconnecting" : "connecting");
+        break;
+      case "recovering":
+        // Only a reconnect says so: the first connect resumes from the page as rendered.
+        if (reconnect) setStatus("recovering", missed ? `Catching up: ${missed} missed updates` : undefined);
+        break;
+      case "resynced":
+        console.info("the feed started again from the server's current view:", reason);
+        setStatus("connected");
+        checkFreshness(Date.now());
+        break;
+      case "live":
+        setStatus("connected");
+        checkFreshness(Date.now());
+        break;
+      case "offline":
+        setStatus("offline");
+        break;
+      default:
+        break;
     }
-    state.socket = ws;
-    let opened = false;
-    ws.addEventListener("open", () => {
-      opened = true;
-      onOpen(ws);
-    });
-    ws.addEventListener("message", (ev) => {
-      if (ws === state.socket) onMessage(ev.data);
-    });
-    // "error" is always followed by "close"; handle both but only once per socket.
-    const lost = () => {
-      if (ws !== state.socket) return;
-      state.socket = null;
-      if (!opened) state.failures += 1;
-      scheduleReconnect();
-    };
-    ws.addEventListener("close", lost);
-    ws.addEventListener("error", lost);
   }
 
-  function onOpen(ws) {
-    if (ws !== state.socket) return;
-    const isReconnect = state.everOpened;
-    state.everOpened = true;
-    state.failures = 0;
-    setStatus("connected");
-    if (isReconnect && state.lastId > 0) send({ type: "resume", lastId: state.lastId });
-    if (state.followed !== null) send({ type: "subscribe", malId: state.followed });
-  }
-
-  /** Exponential backoff 0.5 s → 15 s with ±20 % jitter; "offline" after 5 failures in a row. */
-  function scheduleReconnect() {
-    setStatus(state.failures >= OFFLINE_AFTER_FAILURES ? "offline" : "reconnecting");
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.failures);
-    const delay = Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
-    clearTimeout(state.retryTimer);
-    state.retryTimer = setTimeout(connect, delay);
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const rendered = Number(body.dataset.lastId);
+  const live = new LiveClient({
+    url: scheme + location.host + "/ws" + (body.dataset.tokenQuery || ""),
+    // The rows the server rendered are applied: resume after them.
+    lastId: Number.isSafeInteger(rendered) && rendered >= 0 ? rendered : null,
+  });
+  live.addEventListener("state", (ev) => onState(ev.detail));
+  for (const [type, handler] of Object.entries(handlers)) {
+    live.addEventListener(type, (ev) => handler(ev.detail));
   }
 
   // ---------------------------------------------------------------- wiring
@@ -604,10 +559,12 @@
     });
   }
 
-  // Back online: retry right away instead of waiting out the backoff.
-  window.addEventListener("online", () => state.socket || connect());
+  // The newest row the server rendered is the last event seen so far (a
+  // resume sends no snapshot to say so).
+  const newestShown = feed.querySelector("time[datetime]");
+  if (newestShown) noteEvent(Date.parse(newestShown.getAttribute("datetime")));
 
   tick();
   setInterval(tick, 1000);
-  connect();
+  live.start();
 })();

@@ -129,6 +129,7 @@ async fn accept(mut stream: tokio::net::TcpStream) -> std::io::Result<TcpStream>
 fn update(id: u64) -> Frame {
     Frame::json(&ServerMessage::Update(Update {
         id: id as i64,
+        event_id: Some(uuid::Uuid::now_v7()),
         event: Event {
             mal_id: 5114,
             title: "Fullmetal Alchemist: Brotherhood".into(),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::App;
 use super::error::ApiError;
 use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
-use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, TrendingView, UpdateView};
+use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, LIVE_CLIENT_JS, TrendingView, UpdateView};
 use super::server::{self, Upgrade};
 use crate::store::{StoreError, history};
 
@@ -98,14 +98,17 @@ pub async fn stats(app: App) -> Result<impl Reply, Infallible> {
 /// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
 const WS_MAX_FRAME: usize = 1024 * 1024;
 
-/// `GET /ws`: takes the client in, within the connection budget (a JSON 503
-/// over it), and hands the socket to [`super::ws::run`].
+/// `GET /ws?lastId=`: takes the client in, within the connection budget (a
+/// JSON 503 over it), and hands the socket to [`super::ws::run`]; a bad
+/// `lastId` is a 400 before the upgrade.
 pub async fn websocket(
     key: String,
     upgrade: Upgrade,
+    query: HashMap<String, String>,
     app: App,
     shutdown: CancellationToken,
 ) -> Result<warp::reply::Response, Rejection> {
+    let resume = param(&query, "lastId", 0..=i64::MAX)?;
     let Some(connection) = app.hub.try_connect(app.max_connections) else {
         let reply = warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
@@ -122,13 +125,21 @@ pub async fn websocket(
         return Err(ApiError::bad_request("this connection cannot be upgraded"));
     };
     let App {
-        hub, pool, sockets, ..
+        hub,
+        pool,
+        sockets,
+        resume_max_updates,
+        ..
     } = app;
+    let start = super::ws::Start {
+        resume,
+        resume_max_updates,
+    };
     server::spawn_socket(
         &sockets,
         on_upgrade,
         server::socket_config(WS_MAX_FRAME),
-        move |socket| super::ws::run(socket, connection, hub, pool, shutdown),
+        move |socket| super::ws::run(socket, connection, hub, pool, start, shutdown),
     );
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
@@ -181,10 +192,12 @@ pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Repl
         .get("token")
         .map(|t| format!("?token={}", urlencode(t)))
         .unwrap_or_default();
+    // The page resumes after `last_id`: it must be the id its rows cover.
+    let (recent, last_id) = app.hub.recent_and_last_id();
     let page = IndexPage::new(
         app.hub.trending().iter().map(TrendingView::from).collect(),
-        app.hub.recent().iter().map(UpdateView::from).collect(),
-        app.hub.last_id(),
+        recent.iter().map(UpdateView::from).collect(),
+        last_id,
         token_query,
     );
     let html = page.render().map_err(|error| {
@@ -208,6 +221,7 @@ fn urlencode(text: &str) -> String {
 pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "live-client.js" => (LIVE_CLIENT_JS, "text/javascript; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return Err(ApiError::not_found(format!("no static file {file:?}"))),

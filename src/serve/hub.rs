@@ -281,25 +281,30 @@ impl Hub {
         self.read().trending.clone()
     }
 
-    /// The newest updates, newest first.
-    pub fn recent(&self) -> Vec<Update> {
-        self.read().recent.iter().cloned().collect()
-    }
-
     /// The highest history id this process has seen.
     pub fn last_id(&self) -> i64 {
         self.read().last_id
     }
 
-    /// The first message of every connection, and the id it covers up to.
-    pub fn snapshot(&self) -> (i64, Frame) {
+    /// The newest updates (newest first) and the id they cover up to, read
+    /// together: a page that shows them resumes after that id.
+    pub fn recent_and_last_id(&self) -> (Vec<Update>, i64) {
+        let shared = self.read();
+        (shared.recent.iter().cloned().collect(), shared.last_id)
+    }
+
+    /// The first message of a connection without a resume point, and the
+    /// ids its updates cover: from the oldest it holds up to its `lastId`
+    /// (the recent updates are the newest rows, without a gap).
+    pub fn snapshot(&self) -> (std::ops::RangeInclusive<i64>, Frame) {
         let shared = self.read();
         let message = ServerMessage::Snapshot {
             last_id: shared.last_id,
             trending: shared.trending.clone(),
             updates: shared.recent.iter().cloned().map(ServerMessage::Update).collect(),
         };
-        (shared.last_id, Frame::json(&message))
+        let oldest = shared.recent.back().map_or(shared.last_id + 1, |u| u.id);
+        (oldest..=shared.last_id, Frame::json(&message))
     }
 
     /// A client follows an anime.

@@ -52,6 +52,8 @@ pub struct App {
     pub sockets: TaskTracker,
     /// Most WebSocket clients at once.
     pub max_connections: usize,
+    /// Most updates one resume replays.
+    pub resume_max_updates: i64,
 }
 
 /// How a server runs.
@@ -63,6 +65,8 @@ pub struct ServeSettings {
     pub max_connections: usize,
     /// Limits on request heads (`HTTP_*`).
     pub http: server::HttpSettings,
+    /// Most updates one resume replays (`RESUME_MAX_UPDATES`).
+    pub resume_max_updates: i64,
 }
 
 /// File descriptors kept for everything but WebSockets (database, broker,
@@ -114,6 +118,7 @@ pub async fn run(
         access: Arc::new(settings.access),
         sockets: sockets.clone(),
         max_connections: settings.max_connections,
+        resume_max_updates: settings.resume_max_updates,
     };
     let routes = routes::routes(app, shutdown.clone());
     server::run(listener, routes, sockets, settings.http, shutdown).await;

@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::store::{AnimeState, HistoryPoint, StoredEvent};
 
-/// One history row on the wire: `{"id":1042,"event":{…}}`.
+/// One history row on the wire: `{"id":1042,"eventId":"0193…","event":{…}}`.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Update {
     /// The history row's id: increasing, and the resume point.
     pub id: i64,
+    /// The record's `catlog-event-id`; `null` for a record without one.
+    #[serde(serialize_with = "uuid_text")]
+    pub event_id: Option<uuid::Uuid>,
     /// The event exactly as on Kafka.
     pub event: Event,
 }
@@ -20,8 +24,17 @@ impl From<StoredEvent> for Update {
     fn from(row: StoredEvent) -> Self {
         Self {
             id: row.id,
+            event_id: row.event_id,
             event: row.event,
         }
+    }
+}
+
+/// An optional uuid as its hyphenated text, or `null`.
+fn uuid_text<S: serde::Serializer>(id: &Option<uuid::Uuid>, serializer: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.collect_str(id),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -124,6 +137,11 @@ pub enum ServerMessage {
     },
     Stats(Stats),
     Anime(AnimeDetail),
+    /// The end of a replay: every update after `last_id` up to here was sent.
+    Resumed {
+        last_id: i64,
+        replayed: u64,
+    },
     Resync {
         reason: String,
     },
@@ -195,6 +213,25 @@ mod tests {
         assert_eq!(
             snapshot,
             r#"{"type":"snapshot","lastId":7,"trending":[],"updates":[]}"#
+        );
+        let resumed = ServerMessage::Resumed {
+            last_id: 1042,
+            replayed: 17,
+        }
+        .to_json();
+        assert_eq!(resumed, r#"{"type":"resumed","lastId":1042,"replayed":17}"#);
+        let update = ServerMessage::Update(Update {
+            id: 7,
+            event_id: uuid::Uuid::try_parse("0193a8f2-7c1e-7d3a-9f00-0123456789ab").ok(),
+            event: Event::from_bytes(
+                br#"{"malId":1,"title":"Cowboy Bebop","eventType":"SCORE_UPDATE","currentScore":"8.75","popularityChange":"+0.05","timestamp":"2025-08-14T18:30:00.000Z"}"#,
+            )
+            .unwrap(),
+        })
+        .to_json();
+        assert!(
+            update.starts_with(r#"{"type":"update","id":7,"eventId":"0193a8f2-7c1e-7d3a-9f00-0123456789ab","event":{"malId":1,"#),
+            "{update}"
         );
         let stats = ServerMessage::Stats(Stats::default()).to_json();
         assert!(

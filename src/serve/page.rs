@@ -8,6 +8,8 @@ use crate::event::{EventType, Measure};
 
 /// `static/app.js`.
 pub const APP_JS: &str = include_str!("../../static/app.js");
+/// `static/live-client.js`, the WebSocket client `app.js` imports.
+pub const LIVE_CLIENT_JS: &str = include_str!("../../static/live-client.js");
 /// `static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
 /// `static/favicon.svg`, also served as `/favicon.ico`.
@@ -213,6 +215,7 @@ mod tests {
             vec![],
             vec![UpdateView::from(&Update {
                 id: 1,
+                event_id: None,
                 event: crate::event::Event {
                     mal_id: 1,
                     title: "<script>alert(1)</script>".into(),

@@ -186,10 +186,13 @@ pub fn routes(
         .and(auth)
         .and(access::origin_checked(Arc::clone(&app.access)))
         .and(upgrade_request())
+        .and(query())
         .and(with_app(app))
-        .and_then(move |key: String, upgrade: Upgrade, app: App| {
-            handlers::websocket(key, upgrade, app, shutdown.clone())
-        });
+        .and_then(
+            move |key: String, upgrade: Upgrade, query: HashMap<String, String>, app: App| {
+                handlers::websocket(key, upgrade, query, app, shutdown.clone())
+            },
+        );
 
     refused()
         .or(api)

@@ -1,6 +1,14 @@
-//! One WebSocket connection: a snapshot first, then every broadcast, rooms,
-//! resume, heartbeats. Broadcasts come through the hub's bounded channel, so
-//! this client falling behind costs nobody else anything.
+//! One WebSocket connection: a snapshot first (or, for `/ws?lastId=N`, a
+//! replay of what the client missed), then every broadcast, rooms, resume,
+//! heartbeats. Broadcasts come through the hub's bounded channel, so this
+//! client falling behind costs nobody else anything.
+//!
+//! Within one connection update ids only rise: the connection remembers the
+//! highest id it sent and never sends one at or below it. A replay comes
+//! from the PostgreSQL history, not from this server's memory, so any
+//! server resumes any client, even one whose follower has not read that far
+//! yet: the connection subscribes to the broadcasts first, replays from the
+//! history, and the broadcasts the replay already covered are skipped.
 //!
 //! Cheap at ten thousand connections: frames come encoded once by the hub
 //! ([`Frame`]); what is ready is written as one burst, with one vectored
@@ -35,8 +43,11 @@ use crate::store::history;
 
 /// Largest client message accepted, in bytes (larger ones get an `error`).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
-/// Most updates a `resume` replays; a larger gap gets `resync`.
-pub const MAX_RESUME: i64 = 1000;
+/// How long a resume waits for the history to reach an id it does not
+/// hold yet (a client from a server a moment ahead) before `resync`.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+/// Time between two looks at the history while waiting.
+const RESUME_POLL: Duration = Duration::from_millis(100);
 /// Time between server pings.
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A peer silent for this long (no pong, no message) is dead.
@@ -50,13 +61,27 @@ const MAX_BURST: usize = 64;
 /// Sends counted locally before they are published to the metrics.
 const PUBLISH_EVERY: u64 = 256;
 
+/// How a connection starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// `?lastId=`: the last update the client has; replay after it.
+    pub resume: Option<i64>,
+    /// `RESUME_MAX_UPDATES`.
+    pub resume_max_updates: i64,
+}
+
 struct Peer {
     socket: Socket,
     hub: Arc<Hub>,
     pool: Pool,
     rooms: HashSet<i32>,
-    /// Highest update id sent; older broadcasts are skipped.
+    /// Highest update id sent; no update at or below it is sent again.
     last_sent: i64,
+    /// Every update from this id up to `last_sent` went out on this
+    /// connection (in a snapshot or one by one).
+    sent_from: i64,
+    /// Most updates one resume replays.
+    resume_max: i64,
     /// Frames waiting for the next burst.
     out: Vec<Frame>,
     /// Messages written and not yet counted in the metrics.
@@ -85,8 +110,9 @@ impl Peer {
 
     /// Queues the snapshot; later updates up to its id are skipped.
     fn snapshot(&mut self) {
-        let (last_id, frame) = self.hub.snapshot();
-        self.last_sent = last_id;
+        let (covers, frame) = self.hub.snapshot();
+        self.sent_from = *covers.start();
+        self.last_sent = self.last_sent.max(*covers.end());
         self.send(frame);
     }
 
@@ -253,37 +279,82 @@ impl Peer {
         Ok(())
     }
 
-    /// Replays every update after `last_id` (into the outgoing queue), or
-    /// answers `resync` and a fresh snapshot.
+    /// Answers a resume from `last_id`: the updates after it (and after
+    /// any this connection sent) from the history, oldest first, then
+    /// `resumed`; or `resync` and a fresh snapshot when the gap cannot be
+    /// replayed.
     async fn resume(&mut self, last_id: i64) -> Result<(), Closed> {
-        let newest = self.hub.last_id();
-        if last_id > newest || last_id < 0 {
-            self.resync("that id is not one this server has handed out");
-            return Ok(());
-        }
-        if newest - last_id > MAX_RESUME {
-            self.resync(&format!("more than {MAX_RESUME} updates were missed"));
-            return Ok(());
-        }
-        match history::rows_after(&self.pool, last_id, MAX_RESUME + 1).await {
-            Ok(rows) if rows.len() as i64 > MAX_RESUME => {
-                self.resync(&format!("more than {MAX_RESUME} updates were missed"));
-            }
-            Ok(rows) => {
-                for row in rows {
-                    self.last_sent = self.last_sent.max(row.id);
-                    self.send_json(ServerMessage::Update(Update::from(row)));
-                    if self.out.len() >= MAX_BURST {
-                        self.write_out().await?;
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read history for a resume");
-                self.resync("the history is unavailable right now");
-            }
+        match self.replay(last_id).await? {
+            Ok(replayed) => self.send_json(ServerMessage::Resumed { last_id, replayed }),
+            Err(reason) => self.resync(&reason),
         }
         Ok(())
+    }
+
+    /// Sends every update after `last_id` the history holds and this
+    /// connection has not sent, oldest first; how many, or why it cannot.
+    async fn replay(&mut self, last_id: i64) -> Result<Result<u64, String>, Closed> {
+        if last_id < 0 {
+            return Ok(Err("lastId must be a whole number ≥ 0".into()));
+        }
+        let (oldest, newest) = match history_reaching(&self.pool, last_id).await {
+            Ok(bounds) => bounds,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read history for a resume");
+                return Ok(Err("the history is unavailable right now".into()));
+            }
+        };
+        if last_id > newest {
+            return Ok(Err(format!(
+                "that id was never handed out (the newest is {newest})"
+            )));
+        }
+        // History is deleted oldest first: the row after `last_id` gone
+        // means some of what the client missed is gone.
+        if last_id > 0 && last_id + 1 < oldest {
+            return Ok(Err(format!(
+                "the history no longer holds the updates after {last_id} (it starts at {oldest})"
+            )));
+        }
+        // The gap is the client's (after `last_id`); what is sent is only
+        // what this connection has not sent yet.
+        let max = self.resume_max;
+        let rows = match history::rows_after(&self.pool, last_id, max + 1).await {
+            Ok(rows) if rows.len() as i64 > max => {
+                return Ok(Err(format!("more than {max} updates were missed")));
+            }
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read history for a resume");
+                return Ok(Err("the history is unavailable right now".into()));
+            }
+        };
+        // What the client missed before what this connection sent cannot
+        // be sent without going back: start again instead.
+        if last_id < self.last_sent && rows.first().is_some_and(|row| row.id < self.sent_from) {
+            return Ok(Err(format!(
+                "the updates after {last_id} are older than this connection's snapshot"
+            )));
+        }
+        if self.last_sent == 0 {
+            self.sent_from = last_id + 1;
+        }
+        // The client has everything up to `last_id`: a broadcast of it (from
+        // a follower behind the history) is not sent either.
+        self.last_sent = self.last_sent.max(last_id);
+        let mut replayed = 0;
+        for row in rows {
+            if row.id <= self.last_sent {
+                continue;
+            }
+            self.last_sent = row.id;
+            replayed += 1;
+            self.send_json(ServerMessage::Update(Update::from(row)));
+            if self.out.len() >= MAX_BURST {
+                self.write_out().await?;
+            }
+        }
+        Ok(Ok(replayed))
     }
 
     /// `resync`, then a fresh snapshot (into the outgoing queue).
@@ -296,6 +367,20 @@ impl Peer {
     }
 }
 
+/// The history's oldest and newest ids, once the newest reaches
+/// `last_id` or [`RESUME_WAIT`] has passed: a client coming from a
+/// server a moment ahead of what this one has read.
+async fn history_reaching(pool: &Pool, last_id: i64) -> Result<(i64, i64), crate::store::StoreError> {
+    let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+    loop {
+        let (oldest, newest) = history::bounds(pool).await?;
+        if newest >= last_id || tokio::time::Instant::now() >= deadline {
+            return Ok((oldest, newest));
+        }
+        tokio::time::sleep(RESUME_POLL).await;
+    }
+}
+
 /// Serves one connection (counted by `connection`) until the client leaves,
 /// dies, or `shutdown`.
 pub async fn run(
@@ -303,9 +388,11 @@ pub async fn run(
     connection: Connection,
     hub: Arc<Hub>,
     pool: Pool,
+    start: Start,
     shutdown: CancellationToken,
 ) {
-    // Subscribe before the snapshot, so nothing falls between the two.
+    // Subscribe before the snapshot or the replay, so nothing falls between
+    // them and the broadcasts.
     let mut broadcasts = hub.subscribe();
     let mut peer = Peer {
         socket,
@@ -313,16 +400,30 @@ pub async fn run(
         pool,
         rooms: HashSet::new(),
         last_sent: 0,
+        sent_from: 0,
+        resume_max: start.resume_max_updates,
         out: Vec::new(),
         unpublished: 0,
         owes_pong: false,
         heard: Instant::now(),
         closing: false,
     };
-    peer.snapshot();
+    let mut result = match start.resume {
+        None => {
+            peer.snapshot();
+            Ok(())
+        }
+        // The replay, then the ranking it does not carry.
+        Some(last_id) => peer.resume(last_id).await.map(|()| {
+            let items = peer.hub.trending();
+            peer.send_json(ServerMessage::Trending { items });
+        }),
+    };
     let stats = ServerMessage::Stats(peer.hub.stats());
     peer.send_json(stats);
-    let mut result = peer.write_out().await;
+    if result.is_ok() {
+        result = peer.write_out().await;
+    }
     // Pings and the server's stop come as broadcasts (one timer for the
     // process, not one per connection); a stop that came before this
     // connection subscribed is seen here.

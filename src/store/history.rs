@@ -16,6 +16,8 @@ use crate::event::{Event, EventType, Measure, Score};
 pub struct StoredEvent {
     /// Increasing in commit order: the resume point.
     pub id: i64,
+    /// The record's `catlog-event-id`; `None` for a record without one.
+    pub event_id: Option<uuid::Uuid>,
     pub event: Event,
     /// When the row was committed (the clock trending decays by).
     pub ingested_at: DateTime<Utc>,
@@ -60,7 +62,7 @@ pub struct HistoryPoint {
 
 /// The columns [`stored_event`] reads, in its order.
 const EVENT_COLUMNS: &str = "id, mal_id, title, event_type, (current_score * 100)::int4, live_members, \
-     trending_rank, popularity_change::text, event_time, ingested_at";
+     trending_rank, popularity_change::text, event_time, ingested_at, event_id";
 
 /// A numeric column's text with its sign, as the wire format writes it.
 fn signed(text: &str) -> String {
@@ -92,6 +94,7 @@ fn stored_event(row: &Row) -> Option<StoredEvent> {
     };
     Some(StoredEvent {
         id,
+        event_id: row.get(10),
         event: Event {
             mal_id: row.get(1),
             title: row.get(2),
@@ -137,6 +140,18 @@ pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredE
     );
     let rows = db.query(&sql, &[&seconds, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
+}
+
+/// The oldest and the newest history ids (both 0 when there is none).
+pub async fn bounds(pool: &Pool) -> Result<(i64, i64)> {
+    let db = super::checkout(pool).await?;
+    let row = db
+        .query_one(
+            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM popularity_events",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The highest history id (0 when there is none).

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, TestDb, catlog, free_port, start_all, unique, which};
+use common::broker::Proxy;
+use common::{Proc, TestDb, catlog, free_port, start_all, unique, wait_until, which};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -515,5 +516,171 @@ async fn a_movement_arrow_appears_in_the_trending_list() {
         "{label}"
     );
     assert_eq!(console_errors(&client).await, Vec::<String>::new());
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_page_loses_its_connection_twice_during_a_replay_and_still_shows_every_update_once() {
+    let db = TestDb::new();
+    let topic = unique("catlog-replay");
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[("PRODUCER_INTERVAL_MS", "100"), ("PRODUCER_SEED", "5")],
+    )
+    .await;
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"));
+    // The page reaches the server through a proxy the test can cut.
+    let proxy = Proxy::tcp(port);
+    let (_driver, client) = open_browser().await;
+    client
+        .goto(&format!("http://127.0.0.1:{}/", proxy.port()))
+        .await
+        .unwrap();
+    wait_js(
+        &client,
+        "the page to be live",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+    // Every row the feed takes in, in the order it does.
+    js(
+        &client,
+        "window.rowsShown = []; \
+         new MutationObserver((changes) => { for (const c of changes) for (const n of c.addedNodes) \
+           if (n.dataset && n.dataset.id) window.rowsShown.push(Number(n.dataset.id)); }) \
+           .observe(document.getElementById('feed'), { childList: true }); return true;",
+    )
+    .await;
+    wait_js(&client, "live rows", "return window.rowsShown.length >= 5").await;
+
+    // Cut off while 60 events go by (the page's backoff may keep it away
+    // longer, far from the 1,000 a resume replays)…
+    proxy.cut();
+    wait_js(
+        &client,
+        "the indicator to say reconnecting",
+        "return ['reconnecting', 'offline'].includes(document.getElementById('status').dataset.state)",
+    )
+    .await;
+    let newest = "SELECT coalesce(max(id), 0) FROM popularity_events";
+    let at_cut = db.count(newest).await;
+    wait_until(WAIT, "60 events to go by", || async {
+        db.count(newest).await >= at_cut + 60
+    })
+    .await;
+    // …then back, and the next two connections that resume are lost a few
+    // updates into their replay.
+    proxy.close_answers_after(b"lastId=", 3_000, 2);
+    proxy.restore();
+    wait_until(WAIT, "two replays cut short", || async {
+        proxy.closed_answers() == 2
+    })
+    .await;
+    let target = db.count(newest).await;
+    wait_js(
+        &client,
+        &format!("the feed to reach row {target}"),
+        &format!("return window.rowsShown.some((id) => id >= {target})"),
+    )
+    .await;
+
+    let shown: Vec<i64> = js(&client, "return window.rowsShown")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let (first, last) = (shown[0], *shown.last().unwrap());
+    let history: Vec<i64> = db
+        .connect()
+        .await
+        .query(
+            "SELECT id FROM popularity_events WHERE id BETWEEN $1 AND $2 ORDER BY id",
+            &[&first, &last],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut once = shown.clone();
+    once.sort_unstable();
+    once.dedup();
+    eprintln!(
+        "the page lost 2 replays: {} rows shown from {first} to {last}, {} distinct, {} in the history",
+        shown.len(),
+        once.len(),
+        history.len()
+    );
+    assert_eq!(once.len(), shown.len(), "a row shown twice");
+    assert_eq!(shown, history, "every update once, in order");
+    let duplicates = js(
+        &client,
+        "const ids = [...document.querySelectorAll('#feed li')].map((li) => li.dataset.id); \
+         return ids.length - new Set(ids).size",
+    )
+    .await;
+    assert_eq!(duplicates, 0, "the feed shows a row twice");
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_indicator_says_delayed_and_why_when_the_server_cannot_read_new_history() {
+    let db = TestDb::new();
+    let topic = unique("catlog-delayed");
+    // The pipeline reaches PostgreSQL through a proxy the test can freeze.
+    let proxy = Proxy::tcp(db.server_port());
+    let via = db.url_via(proxy.port());
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[
+            ("DATABASE_URL", via.as_str()),
+            ("DB_TIMEOUT", "3s"),
+            ("PRODUCER_INTERVAL_MS", "250"),
+        ],
+    )
+    .await;
+    let (_driver, client) = open_browser().await;
+    client.goto(&url).await.unwrap();
+    wait_js(
+        &client,
+        "the page to be live",
+        "return document.getElementById('status').dataset.state === 'connected'",
+    )
+    .await;
+
+    proxy.freeze();
+    wait_js(
+        &client,
+        "the indicator to say delayed, with the server's reason",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'delayed' && s.textContent.startsWith('Delayed — ') \
+           && s.textContent.includes('PostgreSQL')",
+    )
+    .await;
+    let said = js(&client, "return document.getElementById('status').textContent").await;
+    std::fs::write(
+        screenshot_path("live-page-delayed.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    proxy.thaw();
+    wait_js(
+        &client,
+        "the indicator to say Live again",
+        "const s = document.getElementById('status'); \
+         return s.dataset.state === 'connected' && s.textContent === 'Live'",
+    )
+    .await;
+    eprintln!("while PostgreSQL was frozen the page said: {said}");
     client.close().await.unwrap();
 }

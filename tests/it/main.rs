@@ -16,6 +16,7 @@ mod monitoring;
 mod offset_mirror;
 mod pipeline;
 mod postgres_tls;
+mod resume_chaos;
 mod retention;
 mod security;
 mod serve_api;

@@ -174,7 +174,11 @@ async fn page_is_rendered_on_the_server_with_updates_and_trending() {
     assert!(html.contains(r#"id="trending""#));
     assert!(html.contains("125,000"), "members formatted for people");
 
-    for (path, kind) in [("/static/app.js", "javascript"), ("/static/app.css", "css")] {
+    for (path, kind) in [
+        ("/static/app.js", "javascript"),
+        ("/static/live-client.js", "javascript"),
+        ("/static/app.css", "css"),
+    ] {
         let response = reqwest::get(stack.url(path)).await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();

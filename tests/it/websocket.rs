@@ -6,7 +6,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use catlog_live::pipeline::Settings;
-use common::stack::{Running, Stack, Ws, next_json, next_of, send, settings};
+use common::stack::{Running, Stack, Ws, next_json, next_of, send, settings, ws_at};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -231,38 +231,283 @@ async fn subscribing_to_a_room_sends_the_anime_and_its_changes() {
     assert!(error["error"].as_str().unwrap().contains("999999"));
 }
 
+/// Every history id, oldest first.
+async fn history_ids(db: &common::TestDb) -> Vec<i64> {
+    db.connect()
+        .await
+        .query("SELECT id FROM popularity_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Whether a resume from `after` sends `"eventId": null` on every update
+/// (records published without an event id).
+async fn replayed_event_ids_are_null(stack: &Stack, after: i64) -> bool {
+    let mut ws = stack.ws_at(&format!("/ws?lastId={after}")).await;
+    loop {
+        let message = next_json(&mut ws, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") if !message["eventId"].is_null() => return false,
+            Some("resumed") => return true,
+            _ => {}
+        }
+    }
+}
+
+/// Reads a resume: the updates' ids up to `resumed`, and `resumed`; fails on
+/// a snapshot or a resync first.
+async fn replay_of(ws: &mut Ws) -> (Vec<i64>, serde_json::Value) {
+    let mut ids = Vec::new();
+    loop {
+        let message = next_json(ws, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") => ids.push(message["id"].as_i64().unwrap()),
+            Some("resumed") => return (ids, message),
+            Some("snapshot" | "resync") => panic!("{message} before `resumed` (after {ids:?})"),
+            _ => {}
+        }
+    }
+}
+
+/// Connects to `path`: the first message is `resync` (its reason), the next a snapshot.
+async fn resync_at(stack: &Stack, path: &str) -> String {
+    let mut ws = stack.ws_at(path).await;
+    let resync = next_json(&mut ws, WAIT).await;
+    assert_eq!(resync["type"], "resync", "{path}: {resync}");
+    let snapshot = next_json(&mut ws, WAIT).await;
+    assert_eq!(
+        snapshot["type"], "snapshot",
+        "{path}: a snapshot after the resync"
+    );
+    resync["reason"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
-async fn resume_replays_missed_updates_or_answers_resync() {
+async fn resume_at_connect_replays_oldest_first_says_resumed_then_goes_live() {
     let stack = Stack::start(1, Duration::from_secs(30)).await;
     let records = (0..5)
         .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
         .collect();
     stack.topic.publish_raw(0, records).await;
     stack.wait_until_served(5).await;
-    let (_, page) = stack.get("/api/live/updates").await;
-    let ids: Vec<i64> = page["updates"]
-        .as_array()
+    let ids = history_ids(&stack.db).await;
+    let seen_up_to = ids[1]; // the client saw the two oldest, missed three
+
+    let mut ws = stack.ws_at(&format!("/ws?lastId={seen_up_to}")).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert_eq!(
+        replayed,
+        ids[2..],
+        "the missed updates, oldest first, no snapshot in front"
+    );
+    assert_eq!(resumed["lastId"], seen_up_to);
+    assert_eq!(resumed["replayed"], 3);
+
+    // Then live: each new update once, ids rising.
+    let records = (0..3)
+        .map(|i| score_event(300 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    let mut last = *ids.last().unwrap();
+    for _ in 0..3 {
+        let id = next_of(&mut ws, "update", WAIT).await["id"].as_i64().unwrap();
+        assert!(id > last, "update {id} after {last}");
+        last = id;
+    }
+    assert_eq!(history_ids(&stack.db).await.last(), Some(&last));
+
+    // Each update carries its event id: null for these records (published
+    // without one), the record's own for the producer's.
+    assert!(replayed_event_ids_are_null(&stack, seen_up_to).await);
+    stack.topic.publish_simulated(2, 5).await;
+    let mut sent = Vec::new();
+    while sent.len() < 2 {
+        let update = next_of(&mut ws, "update", WAIT).await;
+        sent.push((
+            update["id"].as_i64().unwrap(),
+            update["eventId"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let stored: Vec<(i64, String)> = stack
+        .db
+        .connect()
+        .await
+        .query(
+            "SELECT id, event_id::text FROM popularity_events WHERE id > $1 ORDER BY id",
+            &[&last],
+        )
+        .await
         .unwrap()
         .iter()
-        .map(|u| u["id"].as_i64().unwrap())
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let seen_up_to = ids[3]; // the client saw the two oldest, missed three
+    assert_eq!(sent, stored, "each update's eventId is its record's");
+    last = sent[1].0;
+
+    // Resuming from the newest id replays nothing.
+    let mut ws = stack.ws_at(&format!("/ws?lastId={last}")).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(resumed["replayed"], 0);
+}
+
+#[tokio::test]
+async fn resume_at_connect_answers_resync_for_a_gap_it_cannot_replay_and_400_for_a_bad_id() {
+    let stack = Stack::start_with(1, Duration::from_secs(30), &["--resume-max-updates", "3"]).await;
+    let records = (0..6)
+        .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    stack.wait_until_served(6).await;
+    let ids = history_ids(&stack.db).await;
+
+    let over = resync_at(&stack, &format!("/ws?lastId={}", ids[0])).await;
+    assert!(over.contains("more than 3"), "over RESUME_MAX_UPDATES: {over}");
+    let mut ws = stack.ws_at(&format!("/ws?lastId={}", ids[2])).await;
+    let (replayed, _) = replay_of(&mut ws).await;
+    assert_eq!(replayed, ids[3..], "at the limit: replayed");
+
+    let never = resync_at(&stack, &format!("/ws?lastId={}", ids[5] + 1000)).await;
+    assert!(never.contains("never handed out"), "{never}");
+
+    stack
+        .db
+        .connect()
+        .await
+        .execute("DELETE FROM popularity_events WHERE id <= $1", &[&ids[1]])
+        .await
+        .unwrap();
+    let gone = resync_at(&stack, &format!("/ws?lastId={}", ids[0])).await;
+    assert!(gone.contains("no longer holds"), "older than the history: {gone}");
+
+    for bad in ["abc", "-1", "1.5", ""] {
+        let url = format!("ws://{}/ws?lastId={bad}", stack.addr);
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
+            tokio_tungstenite::connect_async(&url).await
+        else {
+            panic!("{url} was upgraded");
+        };
+        assert_eq!(response.status().as_u16(), 400, "{url}");
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("lastId"),
+            "{url}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_behind_the_client_catches_up_from_the_history_instead_of_resync() {
+    let stack = bebop_stack().await;
+    // A second server on the same database, without a consumer: it learns
+    // of new rows from PostgreSQL only.
+    let only_serve = Settings {
+        consume: None,
+        ..settings(&stack.topic.name, &stack.db.url, Duration::from_secs(30), &[])
+    };
+    let behind = Running::start(only_serve).await;
+    let insert = |n: i64| {
+        let db = &stack.db;
+        async move {
+            // Rows written by hand, with no notification: the second
+            // server's follower sees them at its next poll, not before.
+            db.connect()
+                .await
+                .query(
+                    "INSERT INTO popularity_events (topic, partition, \"offset\", mal_id, title, event_type, \
+                         current_score, popularity_change, event_time) \
+                     SELECT 'by-hand', 0, o, 30, 'Cowboy Bebop: The Movie', 'SCORE_UPDATE', 8.30, 0.01, now() \
+                     FROM generate_series((SELECT count(*) FROM popularity_events), \
+                                          (SELECT count(*) FROM popularity_events) + $1 - 1) AS o \
+                     RETURNING id",
+                    &[&n],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect::<Vec<i64>>()
+        }
+    };
+
+    // The client comes from a server that has read three new rows; this
+    // one has not yet.
+    let mut added = insert(3).await;
+    added.sort();
+    let mut ws = ws_at(behind.addr, &format!("/ws?lastId={}", added[0])).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert_eq!(replayed, added[1..], "replayed from PostgreSQL");
+    assert_eq!(resumed["replayed"], 2);
+
+    // A client that has everything the history holds, from a server this
+    // one has not caught up with: nothing to replay, and when its follower
+    // reads those rows they are not sent either.
+    let mut more = insert(2).await;
+    more.sort();
+    let mut ws = ws_at(behind.addr, &format!("/ws?lastId={}", more[1])).await;
+    let (replayed, _) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    stack
+        .topic
+        .publish_raw(
+            0,
+            vec![score_event(5114, "Fullmetal Alchemist: Brotherhood", "9.10")],
+        )
+        .await;
+    let next = next_of(&mut ws, "update", WAIT).await;
+    assert!(
+        next["id"].as_i64().unwrap() > more[1],
+        "an update the client had: {next}"
+    );
+    assert_eq!(next["event"]["malId"], 5114);
+
+    // An id the history does not hold yet, committed while the server waits.
+    let next = history_ids(&stack.db).await.last().unwrap() + 1;
+    let mut ws = ws_at(behind.addr, &format!("/ws?lastId={next}")).await;
+    let later = insert(3).await;
+    let (replayed, _) = replay_of(&mut ws).await;
+    let expected: Vec<i64> = later.into_iter().filter(|id| *id > next).collect();
+    assert_eq!(replayed, expected, "caught up, no resync");
+    behind.stop().await;
+}
+
+#[tokio::test]
+async fn the_resume_message_never_repeats_an_id_nor_goes_back() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    let records = (0..5)
+        .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    stack.wait_until_served(5).await;
+    let ids = history_ids(&stack.db).await;
 
     let mut ws = stack.ws().await;
-    next_of(&mut ws, "snapshot", WAIT).await;
-    send(&mut ws, json!({"type": "resume", "lastId": seen_up_to})).await;
-    let mut replayed = Vec::new();
-    for _ in 0..3 {
-        replayed.push(next_of(&mut ws, "update", WAIT).await["id"].as_i64().unwrap());
-    }
-    let mut expected: Vec<i64> = ids[..3].to_vec();
-    expected.reverse();
-    assert_eq!(replayed, expected, "the missed updates, oldest first");
+    let snapshot = next_of(&mut ws, "snapshot", WAIT).await;
+    let covered = snapshot["lastId"].as_i64().unwrap();
+    assert_eq!(covered, ids[4]);
+    // Older than what the snapshot covered: nothing is sent again.
+    send(&mut ws, json!({"type": "resume", "lastId": ids[1]})).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "sent again: {replayed:?}");
+    assert_eq!(resumed["replayed"], 0);
+    stack
+        .topic
+        .publish_raw(0, vec![score_event(300, "Anime 300", "7.00")])
+        .await;
+    let update = next_of(&mut ws, "update", WAIT).await;
+    assert!(update["id"].as_i64().unwrap() > covered);
 
     // A position the server never handed out: resync, then a fresh snapshot.
     send(&mut ws, json!({"type": "resume", "lastId": 1_000_000})).await;
     let resync = next_of(&mut ws, "resync", WAIT).await;
-    assert!(resync["reason"].is_string());
+    assert!(
+        resync["reason"].as_str().unwrap().contains("never handed out"),
+        "{resync}"
+    );
     next_of(&mut ws, "snapshot", WAIT).await;
 }
 
@@ -457,4 +702,47 @@ async fn every_client_is_pinged_and_a_stopping_server_closes_them() {
         );
     }
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_resume_message_answers_resync_when_what_was_missed_is_older_than_the_snapshot() {
+    let stack = Stack::start(1, Duration::from_secs(30)).await;
+    let records = (0..60)
+        .map(|i| score_event(200 + i, &format!("Anime {i}"), "7.00"))
+        .collect();
+    stack.topic.publish_raw(0, records).await;
+    stack.wait_until_served(60).await;
+    let ids = history_ids(&stack.db).await;
+
+    // The snapshot holds the newest 50: the ten after the oldest are in
+    // neither it nor anything this connection may still send.
+    let mut ws = stack.ws().await;
+    let snapshot = next_of(&mut ws, "snapshot", WAIT).await;
+    assert_eq!(snapshot["lastId"], ids[59]);
+    send(&mut ws, json!({"type": "resume", "lastId": ids[0]})).await;
+    let mut replayed = Vec::new();
+    let resync = loop {
+        let message = next_json(&mut ws, WAIT).await;
+        match message["type"].as_str() {
+            Some("update") => replayed.push(message["id"].as_i64().unwrap()),
+            Some("resync") => break message,
+            Some("resumed") => panic!("resumed over a gap: {message}"),
+            _ => {}
+        }
+    };
+    assert!(replayed.is_empty(), "sent again: {replayed:?}");
+    assert!(
+        resync["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older than this connection's snapshot"),
+        "{resync}"
+    );
+    next_of(&mut ws, "snapshot", WAIT).await;
+
+    // What the snapshot holds needs nothing sent again.
+    send(&mut ws, json!({"type": "resume", "lastId": ids[20]})).await;
+    let (replayed, resumed) = replay_of(&mut ws).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(resumed["replayed"], 0);
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,11 @@ struct ProxyState {
     freeze_after: Mutex<Option<Vec<u8>>>,
     /// Kafka client ids (`KAFKA_CLIENT_ID`) whose connections are frozen.
     frozen_clients: watch::Sender<HashSet<String>>,
+    /// Close a connection whose request holds these bytes once this many
+    /// bytes of its answer went through, for so many connections.
+    close_after: Mutex<Option<(Vec<u8>, i64, usize)>>,
+    /// Connections closed that way.
+    closed_after: AtomicUsize,
     /// Whether the traffic is Kafka requests (read one by one).
     kafka: bool,
 }
@@ -178,6 +183,8 @@ impl Proxy {
             blocked: Mutex::new(HashSet::new()),
             freeze_after: Mutex::new(None),
             frozen_clients: watch::channel(HashSet::new()).0,
+            close_after: Mutex::new(None),
+            closed_after: AtomicUsize::new(0),
             kafka,
         });
         let (stop, mut stopped) = watch::channel(());
@@ -246,6 +253,19 @@ impl Proxy {
         *self.state.freeze_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(pattern.to_vec());
     }
 
+    /// The next `times` connections whose request holds `pattern` are
+    /// closed once `bytes` bytes of the answer went through: a connection
+    /// lost in the middle of what the server sends (say, a replay).
+    pub fn close_answers_after(&self, pattern: &[u8], bytes: i64, times: usize) {
+        *self.state.close_after.lock().unwrap_or_else(|p| p.into_inner()) =
+            (times > 0).then(|| (pattern.to_vec(), bytes, times));
+    }
+
+    /// Connections closed by [`Proxy::close_answers_after`] so far.
+    pub fn closed_answers(&self) -> usize {
+        self.state.closed_after.load(Ordering::SeqCst)
+    }
+
     /// Whether the proxy is frozen.
     pub fn is_frozen(&self) -> bool {
         *self.state.frozen.borrow()
@@ -291,10 +311,20 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     let (mut server_read, mut server_write) = server.into_split();
     // Kafka: the client id of the connection's first request.
     let id = OnceLock::new();
+    // Bytes of the answer still let through, when this connection is to be
+    // closed in the middle of it (-1: not).
+    let budget = AtomicI64::new(-1);
     let requests = async {
         let _: Option<()> = async {
             if !state.kafka {
-                return pipe(&mut client_read, &mut server_write, &state, &id, true).await;
+                return pipe(
+                    &mut client_read,
+                    &mut server_write,
+                    &state,
+                    &id,
+                    Side::Requests(&budget),
+                )
+                .await;
             }
             // Kafka requests: a 4-byte size, then the body, whose first two
             // bytes are the API key.
@@ -324,7 +354,13 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
         }
         .await;
     };
-    let responses = pipe(&mut server_read, &mut client_write, &state, &id, false);
+    let responses = pipe(
+        &mut server_read,
+        &mut client_write,
+        &state,
+        &id,
+        Side::Answers(&budget),
+    );
     tokio::select! {
         _ = requests => {}
         _ = responses => {}
@@ -332,14 +368,21 @@ async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {
     }
 }
 
-/// Copies `from` into `to`, holding each chunk while the proxy is frozen;
-/// `requests` when the bytes come from the client.
+/// Which way a [`pipe`] copies, with the connection's answer budget
+/// (bytes of the answer still let through; -1 for no limit).
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    Requests(&'a AtomicI64),
+    Answers(&'a AtomicI64),
+}
+
+/// Copies `from` into `to`, holding each chunk while the proxy is frozen.
 async fn pipe(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     state: &ProxyState,
     id: &OnceLock<String>,
-    requests: bool,
+    side: Side<'_>,
 ) -> Option<()> {
     let mut buffer = vec![0; 64 * 1024];
     loop {
@@ -349,15 +392,40 @@ async fn pipe(
         }
         state.thawed_for(id).await;
         let chunk = &buffer[..n];
-        to.write_all(chunk).await.ok()?;
-        if requests {
-            let mut armed = state.freeze_after.lock().unwrap_or_else(|p| p.into_inner());
-            if armed
-                .as_ref()
-                .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()))
-            {
-                *armed = None;
-                state.frozen.send_replace(true);
+        match side {
+            Side::Answers(budget) => {
+                let left = budget.load(Ordering::SeqCst);
+                if left < 0 {
+                    to.write_all(chunk).await.ok()?;
+                    continue;
+                }
+                let through = chunk.len().min(usize::try_from(left).unwrap_or(0));
+                to.write_all(&chunk[..through]).await.ok()?;
+                let left = left - through as i64;
+                budget.store(left, Ordering::SeqCst);
+                if left == 0 {
+                    state.closed_after.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+            }
+            Side::Requests(budget) => {
+                to.write_all(chunk).await.ok()?;
+                let holds = |p: &[u8]| chunk.windows(p.len()).any(|w| w == p);
+                let mut armed = state.freeze_after.lock().unwrap_or_else(|p| p.into_inner());
+                if armed.as_deref().is_some_and(holds) {
+                    *armed = None;
+                    state.frozen.send_replace(true);
+                }
+                let mut close = state.close_after.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((pattern, bytes, times)) = close.as_mut()
+                    && holds(pattern)
+                {
+                    budget.store(*bytes, Ordering::SeqCst);
+                    *times -= 1;
+                    if *times == 0 {
+                        *close = None;
+                    }
+                }
             }
         }
     }

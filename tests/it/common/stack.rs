@@ -151,6 +151,11 @@ impl Stack {
         ws
     }
 
+    /// A WebSocket client of `path` (`/ws?lastId=…`).
+    pub async fn ws_at(&self, path: &str) -> Ws {
+        ws_at(self.addr, path).await
+    }
+
     /// Waits until the server has broadcast history up to `n` rows.
     pub async fn wait_for_history(&self, n: i64) {
         super::wait_until(Duration::from_secs(60), &format!("{n} history rows"), || async {
@@ -183,6 +188,15 @@ impl Stack {
     pub async fn stop(self) {
         self.running.stop().await;
     }
+}
+
+/// A WebSocket client of `path` on the server at `addr`.
+pub async fn ws_at(addr: SocketAddr, path: &str) -> Ws {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+    ws
 }
 
 /// The next JSON message, skipping pings; panics after `timeout`.
