@@ -76,6 +76,7 @@ async fn run() -> anyhow::Result<()> {
             match &mode {
                 Mode::Fanout(options) => fanout(options, &env, limit, &mut cleanup).await,
                 Mode::Idle(options) => idle(options, &env, &mut cleanup).await,
+                Mode::Replay(options) => replay(options, &env, &mut cleanup).await,
             }
         } => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
@@ -104,6 +105,12 @@ async fn interrupted() -> &'static str {
 enum Mode {
     Fanout(FanoutOptions),
     Idle(IdleOptions),
+    Replay(ReplayOptions),
+}
+
+struct ReplayOptions {
+    updates: i64,
+    bin: Option<PathBuf>,
 }
 
 struct FanoutOptions {
@@ -121,15 +128,21 @@ struct IdleOptions {
 }
 
 const USAGE: &str = "usage: fanout [--clients N] [--rate R] [--seconds S] [--warmup S] \
-                     [--connect-concurrency C] [--bin PATH]\n       idle [--seconds S] [--bin PATH]";
+                     [--connect-concurrency C] [--bin PATH]\n       idle [--seconds S] [--bin PATH]\n       \
+                     replay [--updates N] [--bin PATH]";
 
 impl Mode {
     fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let mut args = args.filter(|a| a != "--bench").peekable();
         let idle = args.peek().is_some_and(|a| a == "idle");
-        if args.peek().is_some_and(|a| a == "idle" || a == "fanout") {
+        let replay = args.peek().is_some_and(|a| a == "replay");
+        if args
+            .peek()
+            .is_some_and(|a| a == "idle" || a == "fanout" || a == "replay")
+        {
             args.next();
         }
+        let mut updates = 10_000;
         let mut fanout = FanoutOptions {
             clients: 1_000,
             rate: 10.0,
@@ -154,6 +167,7 @@ impl Mode {
                 }
                 "--warmup" => fanout.warmup = number(&flag, &value()?)?,
                 "--connect-concurrency" => fanout.concurrency = number(&flag, &value()?)?,
+                "--updates" => updates = number(&flag, &value()?)?,
                 "--bin" => fanout.bin = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -162,7 +176,15 @@ impl Mode {
         if fanout.clients == 0 || fanout.concurrency == 0 || fanout.seconds == 0 || fanout.rate <= 0.0 {
             bail!("--clients, --connect-concurrency, --seconds and --rate must be above 0");
         }
-        Ok(if idle {
+        if !(100..=99_000).contains(&updates) {
+            bail!("--updates must be from 100 to 99000");
+        }
+        Ok(if replay {
+            Mode::Replay(ReplayOptions {
+                updates,
+                bin: fanout.bin,
+            })
+        } else if idle {
             Mode::Idle(IdleOptions {
                 seconds: idle_seconds,
                 bin: fanout.bin,
@@ -176,6 +198,7 @@ impl Mode {
         match self {
             Mode::Fanout(o) => o.bin.as_deref(),
             Mode::Idle(o) => o.bin.as_deref(),
+            Mode::Replay(o) => o.bin.as_deref(),
         }
     }
 }
@@ -418,5 +441,134 @@ async fn idle(o: &IdleOptions, env: &Env, cleanup: &mut Cleanup) -> anyhow::Resu
     for row in rows {
         println!("{row}");
     }
+    Ok(())
+}
+
+// ---- replay --------------------------------------------------------------------
+
+/// One client connecting to `addr`: with `last_id`, until `resumed` (the
+/// updates replayed); without, until its `snapshot`. Time taken and updates.
+async fn connect_once(addr: SocketAddr, last_id: Option<i64>) -> anyhow::Result<(Duration, u64)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = match last_id {
+        Some(id) => format!("ws://{addr}/ws?lastId={id}"),
+        None => format!("ws://{addr}/ws"),
+    };
+    let started = std::time::Instant::now();
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut updates = 0u64;
+    let mut last = last_id.unwrap_or(0);
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .context("no answer for 60 s")?
+            .context("closed")??;
+        let Message::Text(text) = message else { continue };
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        match value["type"].as_str() {
+            Some("update") => {
+                let id = value["id"].as_i64().unwrap_or_default();
+                anyhow::ensure!(id > last, "update {id} after {last}: not in order");
+                last = id;
+                updates += 1;
+            }
+            Some("resumed") if last_id.is_some() => return Ok((started.elapsed(), updates)),
+            Some("snapshot") if last_id.is_none() => return Ok((started.elapsed(), updates)),
+            Some("resync") => bail!("resync: {text}"),
+            _ => {}
+        }
+    }
+}
+
+/// Replay: `all` fills a history, then one client at a time connects with
+/// `?lastId=` N updates back, against a fresh connect (a snapshot) and a
+/// short replay in the same run: time to `resumed`, and the server's CPU.
+async fn replay(o: &ReplayOptions, env: &Env, cleanup: &mut Cleanup) -> anyhow::Result<()> {
+    const REPEATS: usize = 5;
+    let total = o.updates + 200;
+    println!(
+        "replay: `catlog-live all` fills {total} history rows, then one client at a time, {REPEATS} times each; \
+         {} cores; load average {}",
+        cores(),
+        load_average()
+    );
+    let fresh = Fresh::new(env, "replay");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let vars = vec![
+        ("KAFKA_BROKER", env.broker.clone()),
+        ("KAFKA_TOPIC", fresh.topic.clone()),
+        ("DATABASE_URL", fresh.db_url.clone()),
+        ("LISTEN_ADDR", addr.to_string()),
+        ("PRODUCER_RATE", "3000".into()),
+        ("PRODUCER_MAX_EVENTS", total.to_string()),
+        ("RESUME_MAX_UPDATES", (o.updates + 100).to_string()),
+    ];
+    let db_url = fresh.db_url.clone();
+    cleanup.fresh.push(fresh);
+    let pid = cleanup.spawn(env, "all", &vars)?;
+    let who = pid.to_string();
+    wait_ready(cleanup, addr, Duration::from_secs(120)).await?;
+    let (db, _connection) = connect_db(&db_url).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let newest: i64 = loop {
+        let row = db
+            .query_one(
+                "SELECT count(*), coalesce(max(id), 0) FROM popularity_events",
+                &[],
+            )
+            .await?;
+        if row.get::<_, i64>(0) >= total {
+            break row.get(1);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the history did not fill in 5 minutes"
+        );
+        cleanup.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Let the server's follower settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cases: [(String, Option<i64>); 3] = [
+        ("fresh connect (snapshot)".into(), None),
+        ("replay 100".into(), Some(newest - 100)),
+        (format!("replay {}", o.updates), Some(newest - o.updates)),
+    ];
+    println!();
+    println!("| connect | updates | median ms | slowest ms | server CPU ms (median) | µs CPU per update |");
+    println!("|---|---|---|---|---|---|");
+    for (label, last_id) in cases {
+        let mut times = Vec::new();
+        let mut cpus = Vec::new();
+        let mut updates = 0;
+        for _ in 0..REPEATS {
+            let before = cpu_seconds(&who).unwrap_or_default();
+            let (took, n) = connect_once(addr, last_id).await?;
+            // The server's share of a socket's end is small; let it finish.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cpus.push(cpu_seconds(&who).unwrap_or_default() - before);
+            times.push(took);
+            updates = n;
+        }
+        times.sort();
+        cpus.sort_by(f64::total_cmp);
+        let cpu_ms = 1000.0 * cpus[REPEATS / 2];
+        println!(
+            "| {label} | {updates} | {:.1} | {:.1} | {cpu_ms:.1} | {} |",
+            times[REPEATS / 2].as_secs_f64() * 1000.0,
+            times[REPEATS - 1].as_secs_f64() * 1000.0,
+            if updates > 0 {
+                format!("{:.1}", 1000.0 * cpu_ms / updates as f64)
+            } else {
+                "—".into()
+            }
+        );
+    }
+    println!(
+        "(CPU is the whole `all` process, whose producer has stopped: the consumer and the server idle otherwise)"
+    );
+    cleanup.stop("all", Duration::from_secs(15)).await;
     Ok(())
 }
