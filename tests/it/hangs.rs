@@ -496,6 +496,19 @@ fn on_broker(args: &[&str], broker: &OwnBroker, topic: &str, db: &TestDb, client
     cmd
 }
 
+/// A broker of the test's own, a database, a 2-partition topic, and a
+/// consumer named "consume" to the broker.
+async fn consumer_on_own_broker() -> (OwnBroker, TestDb, TestTopic, Proc) {
+    let broker = OwnBroker::start();
+    let db = TestDb::migrated().await;
+    let topic = TestTopic::on(&broker.addr, 2).await;
+    let consumer = Proc::spawn(
+        on_broker(&["consume"], &broker, &topic.name, &db, "consume"),
+        "consume",
+    );
+    (broker, db, topic, consumer)
+}
+
 /// "N records waiting" in a doctor line.
 fn records_waiting(doctor: &str) -> i64 {
     doctor
@@ -508,13 +521,7 @@ fn records_waiting(doctor: &str) -> i64 {
 
 #[tokio::test]
 async fn consume_frozen_from_the_broker_grows_the_lag_fails_doctor_and_catches_up() {
-    let broker = OwnBroker::start();
-    let db = TestDb::migrated().await;
-    let topic = TestTopic::on(&broker.addr, 2).await;
-    let consumer = Proc::spawn(
-        on_broker(&["consume"], &broker, &topic.name, &db, "consume"),
-        "consume",
-    );
+    let (broker, db, topic, consumer) = consumer_on_own_broker().await;
     let producer = Proc::spawn(
         on_broker(
             &["produce", "--rate", "40", "--seed", "19"],
@@ -594,13 +601,7 @@ async fn consume_frozen_from_the_broker_grows_the_lag_fails_doctor_and_catches_u
 #[tokio::test]
 async fn produce_frozen_from_the_broker_retries_with_the_same_ids_and_loses_or_doubles_nothing() {
     const EVENTS: usize = 1_200;
-    let broker = OwnBroker::start();
-    let db = TestDb::migrated().await;
-    let topic = TestTopic::on(&broker.addr, 2).await;
-    let consumer = Proc::spawn(
-        on_broker(&["consume"], &broker, &topic.name, &db, "consume"),
-        "consume",
-    );
+    let (broker, db, topic, consumer) = consumer_on_own_broker().await;
     let events = EVENTS.to_string();
     let mut producer = Proc::spawn(
         on_broker(

@@ -170,12 +170,7 @@ impl Proxy {
     }
 
     fn start(upstream: u16, kafka: bool) -> Self {
-        let listener = StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("proxy bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_string();
-        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let (listener, addr) = listen();
         let state = Arc::new(ProxyState {
             cut: AtomicBool::new(false),
             generation: watch::channel(0).0,
@@ -187,30 +182,13 @@ impl Proxy {
             closed_after: AtomicUsize::new(0),
             kafka,
         });
-        let (stop, mut stopped) = watch::channel(());
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("proxy runtime: {e}"));
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
-                loop {
-                    tokio::select! {
-                        _ = stopped.changed() => return,
-                        accepted = listener.accept() => {
-                            let Ok((client, _)) = accepted else { continue };
-                            if shared.cut.load(Ordering::SeqCst) {
-                                drop(client);
-                                continue;
-                            }
-                            tokio::spawn(forward(client, upstream, Arc::clone(&shared)));
-                        }
-                    }
-                }
-            });
+        let stop = accept_on_thread(listener, move |client| {
+            if shared.cut.load(Ordering::SeqCst) {
+                drop(client);
+            } else {
+                tokio::spawn(forward(client, upstream, Arc::clone(&shared)));
+            }
         });
         Self {
             addr,
@@ -296,6 +274,49 @@ impl Proxy {
         blocked.clear();
         blocked.extend(keys);
     }
+}
+
+/// A listener on a free loopback port, ready for [`accept_on_thread`], and its address.
+pub fn listen() -> (StdListener, String) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+    (listener, addr)
+}
+
+/// Accepts on `listener` in a runtime of its own thread (so a test's own
+/// runtime stopping or blocking does not stop it), handing each connection
+/// to `on_accept` (which may `tokio::spawn`), until the returned sender is
+/// dropped.
+pub fn accept_on_thread(
+    listener: StdListener,
+    on_accept: impl Fn(TokioStream) + Send + 'static,
+) -> watch::Sender<()> {
+    let (stop, mut stopped) = watch::channel(());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("test server runtime: {e}"));
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    accepted = listener.accept() => {
+                        if let Ok((client, _)) = accepted {
+                            on_accept(client);
+                        }
+                    }
+                }
+            }
+        });
+    });
+    stop
 }
 
 async fn forward(client: TokioStream, upstream: u16, state: Arc<ProxyState>) {

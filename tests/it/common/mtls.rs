@@ -3,17 +3,16 @@
 //! test's own, and forwards the connection to a tansu of its own. The
 //! certificates are made with `openssl` for each run.
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::broker::tansu_on;
+use super::broker::{accept_on_thread, listen, tansu_on};
 use super::{Proc, free_port, unique};
 
 /// Files of one run: a CA, the broker's certificate for 127.0.0.1, and a
@@ -148,35 +147,20 @@ impl MtlsBroker {
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
-        let listener = StdListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
+        let (listener, addr) = listen();
         let port = free_port();
         let broker = tansu_on(port, &addr);
-        let (stop, mut stopped) = watch::channel(());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                loop {
-                    tokio::select! {
-                        _ = stopped.changed() => return,
-                        accepted = listener.accept() => {
-                            let Ok((client, _)) = accepted else { continue };
-                            let acceptor = acceptor.clone();
-                            tokio::spawn(async move {
-                                // A client without a good certificate fails the handshake here.
-                                let Ok(mut tls) = acceptor.accept(client).await else { return };
-                                let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", port)).await else { return };
-                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-                            });
-                        }
-                    }
-                }
+        let stop = accept_on_thread(listener, move |client| {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client without a good certificate fails the handshake here.
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
             });
         });
         Self {

@@ -7,7 +7,6 @@
 //! A refused login is answered as Kafka answers it: error 58
 //! (`SASL_AUTHENTICATION_FAILED`) with a message, then the connection closes.
 
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -17,10 +16,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::broker::tansu_on;
+use super::broker::{accept_on_thread, listen, tansu_on};
 use super::{Proc, free_port};
 
 /// What a refused login hears, as Apache Kafka says it.
@@ -36,34 +35,12 @@ pub struct SaslBroker {
 
 impl SaslBroker {
     pub fn start(username: &str, password: &str) -> Self {
-        let listener = StdListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("front end bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_string();
-        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let (listener, addr) = listen();
         let port = free_port();
         let broker = tansu_on(port, &addr);
         let secret: Arc<[u8]> = format!("\0{username}\0{password}").into_bytes().into();
-        let (stop, mut stopped) = watch::channel(());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("front end runtime: {e}"));
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
-                loop {
-                    tokio::select! {
-                        _ = stopped.changed() => return,
-                        accepted = listener.accept() => {
-                            let Ok((client, _)) = accepted else { continue };
-                            tokio::spawn(serve(client, port, Arc::clone(&secret)));
-                        }
-                    }
-                }
-            });
+        let stop = accept_on_thread(listener, move |client| {
+            tokio::spawn(serve(client, port, Arc::clone(&secret)));
         });
         Self {
             addr,
