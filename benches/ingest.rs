@@ -10,23 +10,18 @@
 //! Needs a broker (`KAFKA_BROKER`, default 127.0.0.1:9092) and PostgreSQL
 //! (`CATLOG_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use catlog_live::catalog::Catalog;
 use catlog_live::config::{Cli, Command};
 use catlog_live::db::Database;
-use catlog_live::event::{Event, Measure, new_event_id};
 use catlog_live::kafka;
 use catlog_live::pipeline::{Pipeline, Settings};
-use catlog_live::produce::Simulator;
 use clap::Parser;
-use futures::SinkExt;
-use rskafka::client::partition::Compression;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-const PARTITIONS: i32 = 3;
+#[path = "support/events.rs"]
+mod events;
+use events::{PARTITIONS, copy, publish};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -74,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .client
         .batch_execute("CREATE TABLE copy_baseline (LIKE popularity_events INCLUDING ALL)")
         .await?;
-    let copy_secs = copy(&session.client, &topic, &rows).await?;
+    let copy_secs = copy(&session.client, "copy_baseline", &topic, &rows).await?;
     let copy_rate = events as f64 / copy_secs;
     println!("COPY baseline    {events:>8} rows   in {copy_secs:>7.2} s  = {copy_rate:>9.0} rows/s");
 
@@ -130,73 +125,4 @@ async fn main() -> anyhow::Result<()> {
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"))
         .await?;
     Ok(())
-}
-
-/// A published event: partition, offset, the event and its id.
-type Published = (i32, i64, Event, Uuid);
-
-/// Publishes `n` simulated events; returns them with their partition and offset.
-async fn publish(client: &rskafka::client::Client, topic: &str, n: usize) -> anyhow::Result<Vec<Published>> {
-    let catalog = Catalog::builtin()?;
-    let mut sim = Simulator::new(&catalog, Some(1));
-    let mut partitions = Vec::new();
-    for p in 0..PARTITIONS {
-        partitions.push(kafka::partition_client(client, topic, p).await?);
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let chunk = left.min(3_000);
-        let mut by_partition: BTreeMap<i32, Vec<Event>> = BTreeMap::new();
-        for _ in 0..chunk {
-            let event = sim.next_event(chrono::Utc::now());
-            by_partition
-                .entry(kafka::partition_for(&event.key(), PARTITIONS))
-                .or_default()
-                .push(event);
-        }
-        for (p, events) in by_partition {
-            let events: Vec<(Event, Uuid)> = events.into_iter().map(|e| (e, new_event_id())).collect();
-            let records = events.iter().map(|(e, id)| kafka::record(e, *id)).collect();
-            let offsets = partitions[p as usize]
-                .produce(records, Compression::NoCompression)
-                .await?;
-            out.extend(offsets.into_iter().zip(events).map(|(o, (e, id))| (p, o, e, id)));
-        }
-        left -= chunk;
-    }
-    Ok(out)
-}
-
-/// COPYs the rows as CSV; returns the seconds it took (text built beforehand).
-async fn copy(client: &tokio_postgres::Client, topic: &str, rows: &[Published]) -> anyhow::Result<f64> {
-    let mut csv = String::with_capacity(rows.len() * 160);
-    for (p, o, e, id) in rows {
-        let (score, members, rank) = match e.measure {
-            Measure::Score(s) => (s.to_string(), String::new(), String::new()),
-            Measure::Members(m) => (String::new(), m.to_string(), String::new()),
-            Measure::Rank(r) => (String::new(), String::new(), r.to_string()),
-        };
-        csv.push_str(&format!(
-            "{topic},{p},{o},{id},{},\"{}\",{},{score},{members},{rank},{},{}\n",
-            e.mal_id,
-            e.title.replace('"', "\"\""),
-            e.event_type(),
-            e.popularity_change,
-            e.timestamp_text()
-        ));
-    }
-    let started = Instant::now();
-    let sink = client
-        .copy_in(
-            "COPY copy_baseline (topic, partition, \"offset\", event_id, mal_id, title, event_type, current_score, \
-             live_members, trending_rank, popularity_change, event_time) FROM STDIN (FORMAT csv)",
-        )
-        .await?;
-    futures::pin_mut!(sink);
-    for chunk in csv.as_bytes().chunks(1 << 20) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
-    }
-    sink.finish().await?;
-    Ok(started.elapsed().as_secs_f64())
 }

@@ -1,0 +1,523 @@
+//! History benchmark: what every query the product runs costs as the history
+//! grows. Builds a history of N realistic rows (Zipf over the catalog with the
+//! simulator's exponent, spread over 30 days, time-ordered event ids) in a
+//! database of its own, and a small one (10,000 rows) beside it, then times
+//! on both, in the same run: each route's query, the follower's start, a
+//! resume of 1,000, `doctor`, ingest of 100,000 events through `consume`
+//! against a plain COPY of the same rows, one retention sweep (keeping 8
+//! days less than the history holds) and the next.
+//!
+//! ```text
+//! scripts/bench history --rows 1000000
+//! scripts/bench history --rows 30000000 --keep     # keep the databases
+//! ```
+//!
+//! Needs a broker (`KAFKA_BROKER`) and PostgreSQL (`CATLOG_TEST_DATABASE_URL`),
+//! as `scripts/bench` provides.
+
+use std::time::{Duration, Instant};
+
+use catlog_live::catalog::Catalog;
+use catlog_live::config::{Cli, Command};
+use catlog_live::db::Database;
+use catlog_live::pipeline::{Pipeline, Settings};
+use catlog_live::store::{history, retention};
+use catlog_live::{doctor, kafka};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[path = "support/events.rs"]
+mod events;
+use events::{PARTITIONS, Published, copy, publish};
+
+/// Days the built history spans (retention then keeps one day less).
+const DAYS: i64 = 30;
+/// Rows inserted per statement while building.
+const CHUNK: i64 = 1_000_000;
+/// The simulator's Zipf exponent.
+const ZIPF: f64 = 1.2;
+/// Timed runs of each query (the median is shown), after one warm-up.
+const RUNS: usize = 7;
+
+/// One row of history per `g`, as the consumer would have written it.
+const FILL: &str = r#"
+INSERT INTO popularity_events (topic, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
+                               current_score, live_members, trending_rank, popularity_change,
+                               event_time, ingested_at)
+SELECT 'bench-history', (g % 3)::int4, 0, g / 3,
+       (lpad(to_hex((extract(epoch FROM t) * 1000)::int8), 12, '0') || '7' || substr(h, 1, 3)
+        || '8' || substr(h, 4, 15))::uuid,
+       ($7::int4[])[k], ($8::text[])[k],
+       (ARRAY['SCORE_UPDATE', 'MEMBER_UPDATE', 'TRENDING_CHANGE'])[1 + g % 3],
+       CASE WHEN g % 3 = 0 THEN round((5 + 4.5 * r)::numeric, 2) END,
+       CASE WHEN g % 3 = 1 THEN 100000 + (r * 3000000)::int8 END,
+       CASE WHEN g % 3 = 2 THEN 1 + (r * 99)::int4 END,
+       round((r - 0.5)::numeric, 2),
+       t, t + interval '40 milliseconds'
+FROM generate_series($1::int8, $2::int8) AS g,
+     LATERAL (SELECT $5::timestamptz + (g / $3::float8) * $6::float8 * interval '1 second' AS t,
+                     md5(g::text) AS h,
+                     random() AS r,
+                     least(floor(power(1 - random() * (1 - power(($4::int4 + 1)::float8, 1 - $9::float8)),
+                                       1 / (1 - $9::float8)))::int4, $4::int4) AS k) AS x
+"#;
+
+/// The current state the built history leaves.
+const FILL_CURRENT: &str = r#"
+INSERT INTO live_popularity (mal_id, title, current_score, score_updated_at, live_members, members_updated_at,
+                             trending_rank, rank_updated_at, popularity_change, last_event_type, last_update,
+                             event_count)
+SELECT c.mal_id, l.title, s.current_score, s.event_time, m.live_members, m.event_time,
+       r.trending_rank, r.event_time, l.popularity_change, l.event_type, l.event_time, c.n
+FROM (SELECT mal_id, count(*) AS n FROM popularity_events GROUP BY mal_id) AS c
+CROSS JOIN LATERAL (SELECT * FROM popularity_events e WHERE e.mal_id = c.mal_id
+                    ORDER BY e.mal_id, e.id DESC LIMIT 1) AS l
+LEFT JOIN LATERAL (SELECT * FROM popularity_events e WHERE e.mal_id = c.mal_id
+                   AND e.event_type = 'SCORE_UPDATE' ORDER BY e.mal_id, e.id DESC LIMIT 1) AS s ON true
+LEFT JOIN LATERAL (SELECT * FROM popularity_events e WHERE e.mal_id = c.mal_id
+                   AND e.event_type = 'MEMBER_UPDATE' ORDER BY e.mal_id, e.id DESC LIMIT 1) AS m ON true
+LEFT JOIN LATERAL (SELECT * FROM popularity_events e WHERE e.mal_id = c.mal_id
+                   AND e.event_type = 'TRENDING_CHANGE' ORDER BY e.mal_id, e.id DESC LIMIT 1) AS r ON true
+"#;
+
+/// Heap and index bytes of the history, every partition counted.
+const SIZES: &str = "SELECT sum(pg_table_size(relid))::int8, sum(pg_indexes_size(relid))::int8 \
+     FROM (SELECT relid FROM pg_partition_tree('popularity_events') \
+           UNION SELECT 'popularity_events'::regclass) AS t";
+
+struct Args {
+    rows: i64,
+    small: i64,
+    ingest: usize,
+    keep: bool,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut out = Args {
+        rows: 1_000_000,
+        small: 10_000,
+        ingest: 100_000,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> anyhow::Result<i64> {
+            it.next()
+                .and_then(|n| n.replace('_', "").parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--rows" => out.rows = number("--rows")?,
+            "--small" => out.small = number("--small")?,
+            "--ingest" => out.ingest = number("--ingest")? as usize,
+            "--keep" => out.keep = true,
+            "--bench" => {}
+            other => {
+                anyhow::bail!("unknown argument {other}; use --rows N [--small N] [--ingest N] [--keep]")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One database of the run and what was measured on it.
+struct Run {
+    rows: i64,
+    url: String,
+    name: String,
+    figures: Vec<(String, String)>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let broker = std::env::var("KAFKA_BROKER").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let admin = std::env::var("CATLOG_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let suffix = format!("{}_{}", std::process::id(), chrono::Utc::now().timestamp());
+    let topic = format!("catlog-bench-history-{suffix}");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin)
+        .to_owned();
+
+    let catalog = Catalog::builtin()?;
+    let mut titles: Vec<_> = catalog.anime().to_vec();
+    titles.sort_by_key(|a| std::cmp::Reverse(a.members));
+    let ids: Vec<i32> = titles.iter().map(|a| a.mal_id).collect();
+    let names: Vec<String> = titles.iter().map(|a| a.title.clone()).collect();
+    println!(
+        "history benchmark: {} rows against {} over {DAYS} days, {} titles (Zipf {ZIPF}), median of {RUNS} runs",
+        group(args.rows),
+        group(args.small),
+        ids.len()
+    );
+
+    let client = kafka::connect(&catlog_live::config::KafkaArgs::plain(
+        broker.clone(),
+        topic.clone(),
+    ))
+    .await?;
+    kafka::ensure_topic(&client, &topic, PARTITIONS, None).await?;
+    let published = publish(&client, &topic, args.ingest).await?;
+
+    let mut runs = Vec::new();
+    for (size, label) in [(args.small, "small"), (args.rows, "large")] {
+        let name = format!("catlog_bench_history_{label}_{suffix}");
+        let url = format!("{base}/{name}");
+        runs.push(Run {
+            rows: size,
+            url,
+            name,
+            figures: Vec::new(),
+        });
+    }
+    for run in &mut runs {
+        measure(run, &ids, &names, &broker, &topic, &published).await?;
+    }
+    print_table(&runs);
+
+    if !args.keep {
+        let (admin_client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        for run in &runs {
+            admin_client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", run.name))
+                .await?;
+        }
+    } else {
+        for run in &runs {
+            println!("kept {}", run.url);
+        }
+    }
+    Ok(())
+}
+
+/// Builds one history and times everything on it.
+async fn measure(
+    run: &mut Run,
+    ids: &[i32],
+    names: &[String],
+    broker: &str,
+    topic: &str,
+    published: &[Published],
+) -> anyhow::Result<()> {
+    // Building takes long; a query the product runs is still bounded, but
+    // loosely, so that a slow one is timed rather than cut off.
+    let db: Database = run
+        .url
+        .parse::<Database>()?
+        .with_timeout(Duration::from_secs(120));
+    let pool = db.connect_and_migrate(2).await?;
+    let session = db.session().await?;
+    let sql = &session.client;
+    sql.batch_execute("SET statement_timeout = 0").await?;
+
+    // Build.
+    let started = Instant::now();
+    let span = (DAYS * 86_400) as f64;
+    let start = chrono::Utc::now() - chrono::Duration::days(DAYS);
+    if sql
+        .query_one("SELECT to_regproc('ensure_history_partitions') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0)
+    {
+        sql.execute(
+            "SELECT ensure_history_partitions($1::timestamptz, now() + interval '7 days')",
+            &[&start],
+        )
+        .await?;
+    }
+    let n = ids.len() as i32;
+    let mut lo = 0;
+    while lo < run.rows {
+        let hi = (lo + CHUNK).min(run.rows) - 1;
+        sql.execute(
+            FILL,
+            &[
+                &lo,
+                &hi,
+                &(run.rows as f64),
+                &n,
+                &start,
+                &span,
+                &ids,
+                &names,
+                &ZIPF,
+            ],
+        )
+        .await?;
+        lo = hi + 1;
+        if run.rows > CHUNK {
+            eprintln!("  built {} of {} rows", group(lo), group(run.rows));
+        }
+    }
+    sql.execute(FILL_CURRENT, &[]).await?;
+    sql.batch_execute("VACUUM (ANALYZE) popularity_events").await?;
+    sql.batch_execute("ANALYZE live_popularity").await?;
+    let built = started.elapsed().as_secs_f64();
+    let sizes = sql.query_one(SIZES, &[]).await?;
+    let (heap, indexes): (i64, i64) = (sizes.get(0), sizes.get(1));
+    run.figures.push(("build (s)".into(), format!("{built:.1}")));
+    run.figures.push((
+        "heap / indexes".into(),
+        format!("{} / {}", bytes(heap), bytes(indexes)),
+    ));
+
+    let busiest: i32 = sql
+        .query_one(
+            "SELECT mal_id FROM live_popularity ORDER BY event_count DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    let quietest: (i32, f64) = sql
+        .query_one(
+            "SELECT mal_id, extract(epoch FROM now() - last_update)::float8 / 3600 \
+             FROM live_popularity ORDER BY last_update LIMIT 1",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    let quiet = quietest.0;
+    run.figures.push((
+        "quietest title: hours since its last event".into(),
+        format!("{:.0}", quietest.1),
+    ));
+
+    // The queries.
+    let last = history::last_id(&pool).await?;
+    let mut timed: Vec<(&str, f64)> = Vec::new();
+    timed.push((
+        "serve start: trending window",
+        median(|| async { history::recent(&pool, 600.0, 20_000).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "serve start: newest id",
+        median(|| async { history::last_id(&pool).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "GET /api/events",
+        median(|| async { history::latest(&pool, 50, None, None).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "GET /api/events?before= (page 2)",
+        median(|| async { history::latest(&pool, 50, None, Some(last - 50)).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "GET /api/events?malId= busiest",
+        median(|| async { history::latest(&pool, 50, Some(busiest), None).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "GET /api/events?malId= quietest",
+        median(|| async { history::latest(&pool, 50, Some(quiet), None).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "anime panel / WS subscribe, busiest",
+        median(|| async { history::anime(&pool, busiest).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "anime panel / WS subscribe, quietest",
+        median(|| async { history::anime(&pool, quiet).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "resume 1,000",
+        median(|| async { history::rows_after(&pool, last - 1000, 1001).await.map(drop) }).await?,
+    ));
+    timed.push((
+        "resume bounds (resync)",
+        median(|| async { history::bounds(&pool).await.map(drop) }).await?,
+    ));
+    for (name, ms) in timed {
+        run.figures.push((format!("{name} (ms)"), format!("{ms:.2}")));
+    }
+
+    // Ingest: a plain COPY of the events into a table of the history's
+    // shape, then `consume` of the same events from the broker.
+    sql.batch_execute(&format!(
+        "CREATE TABLE copy_baseline (LIKE {} INCLUDING ALL)",
+        shape(sql).await?
+    ))
+    .await?;
+    let copy_secs = copy(sql, "copy_baseline", topic, published).await?;
+    sql.batch_execute("DROP TABLE copy_baseline").await?;
+    let ingest_secs = consume(&run.url, broker, topic, sql, published.len()).await?;
+    let copy_rate = published.len() as f64 / copy_secs;
+    let ingest_rate = published.len() as f64 / ingest_secs;
+    run.figures.push((
+        format!("ingest {} events (ev/s)", group(published.len() as i64)),
+        format!("{ingest_rate:.0}"),
+    ));
+    run.figures
+        .push(("COPY of the same rows (rows/s)".into(), format!("{copy_rate:.0}")));
+    run.figures
+        .push(("ingest / COPY".into(), format!("{:.2}", ingest_rate / copy_rate)));
+
+    // doctor, as `catlog-live doctor` runs it.
+    let cli = Cli::try_parse_from([
+        "catlog-live",
+        "doctor",
+        "--kafka-broker",
+        broker,
+        "--kafka-topic",
+        topic,
+        "--database-url",
+        &run.url,
+        "--group-id",
+        "bench",
+    ])?;
+    let Command::Doctor(doctor_args) = cli.command else {
+        anyhow::bail!("not doctor")
+    };
+    let doctor_ms = median(|| async {
+        doctor::run(&doctor_args.kafka, &doctor_args.db, &doctor_args.group).await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?;
+    run.figures
+        .push(("doctor (ms)".into(), format!("{doctor_ms:.1}")));
+
+    // Retention: keep 8 days less than the history holds (so that at least
+    // one whole week goes), then sweep again.
+    let shutdown = CancellationToken::new();
+    for label in [
+        "retention sweep (removes 8 days)",
+        "next retention sweep (nothing to do)",
+    ] {
+        let started = Instant::now();
+        let deleted = retention::sweep(&pool, (DAYS - 8) as i32, &shutdown).await?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        run.figures.push((format!("{label} (ms)"), format!("{ms:.1}")));
+        run.figures
+            .push(("  rows it removed".to_string(), group(deleted as i64)));
+    }
+    let sizes = sql.query_one(SIZES, &[]).await?;
+    let (heap, indexes): (i64, i64) = (sizes.get(0), sizes.get(1));
+    run.figures.push((
+        "heap / indexes after retention".into(),
+        format!("{} / {}", bytes(heap), bytes(indexes)),
+    ));
+    Ok(())
+}
+
+/// The table a plain COPY baseline copies the shape of: the history, or the
+/// partition today's rows go to when the history is partitioned.
+async fn shape(sql: &tokio_postgres::Client) -> anyhow::Result<String> {
+    let leaf: Option<String> = sql
+        .query_one(
+            "SELECT max(relid::text) FROM pg_partition_tree('popularity_events') \
+             WHERE isleaf AND relid::text LIKE 'popularity_events_w%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(leaf.unwrap_or_else(|| "popularity_events".into()))
+}
+
+/// Runs `consume` from an empty group until it stored `events`; the seconds it took.
+async fn consume(
+    url: &str,
+    broker: &str,
+    topic: &str,
+    sql: &tokio_postgres::Client,
+    events: usize,
+) -> anyhow::Result<f64> {
+    let cli = Cli::try_parse_from([
+        "catlog-live",
+        "consume",
+        "--kafka-broker",
+        broker,
+        "--kafka-topic",
+        topic,
+        "--database-url",
+        url,
+        "--group-id",
+        "bench",
+    ])?;
+    let Command::Consume(args) = cli.command else {
+        anyhow::bail!("not consume")
+    };
+    let consumer = Pipeline::build(Settings::from(&args)).await?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets \
+                 WHERE group_id = 'bench' AND topic = $1",
+                &[&topic],
+            )
+            .await?
+            .get(0);
+        if n as usize >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    Ok(secs)
+}
+
+/// The median milliseconds of [`RUNS`] calls of `f`, after one warm-up.
+async fn median<F, Fut, E>(mut f: F) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    f().await.map_err(Into::into)?;
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        f().await.map_err(Into::into)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[RUNS / 2])
+}
+
+fn print_table(runs: &[Run]) {
+    let (small, large) = (&runs[0], &runs[1]);
+    let width = small.figures.iter().map(|(n, _)| n.len()).max().unwrap_or(10) + 2;
+    println!();
+    println!(
+        "{:<width$}{:>20}{:>20}{:>9}",
+        "rows",
+        group(small.rows),
+        group(large.rows),
+        "ratio"
+    );
+    for ((name, a), (_, b)) in small.figures.iter().zip(&large.figures) {
+        let ratio = match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(a), Ok(b)) if a > 0.0 && name.contains("(ms)") => format!("{:.1}×", b / a),
+            _ => String::new(),
+        };
+        println!("{name:<width$}{a:>20}{b:>20}{ratio:>9}");
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn group(n: i64) -> String {
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn bytes(n: i64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else {
+        format!("{:.1} MB", n / 1e6)
+    }
+}
