@@ -10,6 +10,7 @@ use crate::config::{DbArgs, GroupArgs, KafkaArgs};
 use crate::db::{Database, DbError, Session, error_text};
 use crate::kafka::{self, Broker};
 use crate::lag::{self, LogEnds, PartitionLag};
+use crate::store::partitions;
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,42 @@ pub async fn run(kafka_args: &KafkaArgs, db_args: &DbArgs, group: &GroupArgs) ->
         .await,
     );
     checks.push(freshness(&session.client).await);
+    checks.push(history_size(&session.client).await);
     checks
+}
+
+/// How big the history is, and how far back it goes.
+async fn history_size(db: &tokio_postgres::Client) -> Check {
+    match partitions::size_on(db).await {
+        Ok(size) => {
+            let back = match size.oldest {
+                Some(at) => format!(
+                    "; the oldest row was stored {} ago",
+                    human((Utc::now() - at).to_std().unwrap_or_default())
+                ),
+                None => String::new(),
+            };
+            Check::pass(
+                "history",
+                format!("about {} rows, {} on disk{back}", size.rows, bytes(size.bytes)),
+            )
+        }
+        Err(e) => Check::warn(
+            "history",
+            format!("size unknown: {e}"),
+            "is the database answering?",
+        ),
+    }
+}
+
+/// `1234567890` as `1.2 GB`.
+fn bytes(n: i64) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n => format!("{:.0} kB", n / 1e3),
+    }
 }
 
 /// Whether the broker answers, and which API versions it speaks.
@@ -263,11 +299,7 @@ async fn tables(db: &tokio_postgres::Client) -> Check {
 
 /// How fresh the newest stored event is.
 async fn freshness(db: &tokio_postgres::Client) -> Check {
-    let newest: Option<DateTime<Utc>> = db
-        .query_one("SELECT max(ingested_at) FROM popularity_events", &[])
-        .await
-        .ok()
-        .and_then(|r| r.get(0));
+    let newest: Option<DateTime<Utc>> = partitions::newest_on(db).await.ok().flatten();
     match newest {
         None => Check::warn(
             "freshness",

@@ -59,6 +59,13 @@ pub fn upkeep() {
     }
 }
 
+/// History rows, as the statistics estimate them (set by `consume`).
+pub const HISTORY_ROWS: &str = "catlog_history_rows";
+/// History bytes on disk, every partition with its indexes.
+pub const HISTORY_BYTES: &str = "catlog_history_bytes";
+/// Seconds since the oldest history row kept was stored.
+pub const HISTORY_OLDEST_SECONDS: &str = "catlog_history_oldest_seconds";
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -123,6 +130,20 @@ fn describe() {
         "catlog_offset_mirror_last_success_timestamp_seconds",
         Unit::Seconds,
         "Unix time of the last successful offset copy to Kafka (0: none yet)"
+    );
+    describe_gauge!(
+        HISTORY_ROWS,
+        "History rows, as PostgreSQL's statistics estimate them (measured by consume once a minute)"
+    );
+    describe_gauge!(
+        HISTORY_BYTES,
+        Unit::Bytes,
+        "History size on disk: every partition's table, indexes and TOAST"
+    );
+    describe_gauge!(
+        HISTORY_OLDEST_SECONDS,
+        Unit::Seconds,
+        "Time since the oldest history row kept was stored (0: none)"
     );
     describe_gauge!("catlog_ws_clients", "Open WebSocket connections");
     describe_counter!("catlog_ws_messages_sent_total", "WebSocket messages sent");

@@ -267,8 +267,8 @@ async fn produce_stage(
     Ok(())
 }
 
-/// The consumer, when it runs, with its own `/metrics`, history retention
-/// and offset mirror.
+/// The consumer, when it runs, with its own `/metrics`, the history's
+/// upkeep (partitions ahead, retention, size) and offset mirror.
 async fn consume_stage(
     settings: &Settings,
     db: Option<&(Database, Pool)>,
@@ -283,13 +283,11 @@ async fn consume_stage(
     let _metrics = metrics_listener.map(|listener| {
         AbortOnDropHandle::new(tokio::spawn(crate::metrics::serve_alone(listener, stop.clone())))
     });
-    let _retention = options.retention_days.map(|days| {
-        AbortOnDropHandle::new(tokio::spawn(crate::store::retention::run(
-            pool.clone(),
-            days,
-            stop.clone(),
-        )))
-    });
+    let _maintenance = AbortOnDropHandle::new(tokio::spawn(crate::store::partitions::maintain(
+        pool.clone(),
+        options.retention_days,
+        stop.clone(),
+    )));
     let consumer = ConsumerSettings {
         group: settings.group.group_id.clone(),
         topic: settings.kafka.topic.clone(),

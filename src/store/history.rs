@@ -3,6 +3,8 @@
 //! anime's current state with its recent history. Named queries, with
 //! parameters; `serve` is the reader.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
@@ -64,6 +66,47 @@ pub struct HistoryPoint {
 const EVENT_COLUMNS: &str = "id, mal_id, title, event_type, (current_score * 100)::int4, live_members, \
      trending_rank, popularity_change::text, event_time, ingested_at, event_id";
 
+/// The statements read the history with, each answered from an index
+/// whatever the history holds (the plan test in `tests/it/plans.rs` runs
+/// every one of them against a history that tempts the planner).
+///
+/// History rows after id `$1`, oldest first, at most `$2`.
+pub static ROWS_AFTER: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE id > $1 ORDER BY id LIMIT $2")
+});
+/// The newest `$1` rows before id `$2`, newest first.
+pub static LATEST: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE id < $2 ORDER BY id DESC LIMIT $1")
+});
+/// The same of anime `$2` only.
+pub static LATEST_OF_ANIME: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE {OF_ONE_ANIME}"));
+/// Anime `$2`'s newest `$1` rows before id `$3`, in short form.
+pub static ANIME_POINTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, event_type, current_score::text, live_members, trending_rank, \
+                popularity_change::text, event_time \
+         FROM popularity_events WHERE {OF_ONE_ANIME}"
+    )
+});
+/// The oldest and the newest ids.
+pub const BOUNDS: &str = "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM popularity_events";
+/// The newest id.
+pub const LAST_ID: &str = "SELECT coalesce(max(id), 0) FROM popularity_events";
+/// Rows committed in the last `$1` seconds, newest first, at most `$2`:
+/// read back from the newest row by id to the first one older than the
+/// window (ids follow commit order), so the cost is the window's rows.
+pub static RECENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM popularity_events \
+         WHERE id > coalesce((SELECT id FROM popularity_events \
+                              WHERE ingested_at <= now() - make_interval(secs => $1) \
+                              ORDER BY id DESC LIMIT 1), 0) \
+           AND ingested_at > now() - make_interval(secs => $1) \
+         ORDER BY id DESC LIMIT $2"
+    )
+});
+
 /// A numeric column's text with its sign, as the wire format writes it.
 fn signed(text: &str) -> String {
     if text.starts_with('-') {
@@ -109,8 +152,7 @@ fn stored_event(row: &Row) -> Option<StoredEvent> {
 /// History rows after `id`, oldest first, at most `limit`.
 pub async fn rows_after(pool: &Pool, id: i64, limit: i64) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM popularity_events WHERE id > $1 ORDER BY id LIMIT $2");
-    let rows = db.query(&sql, &[&id, &limit]).await?;
+    let rows = db.query(ROWS_AFTER.as_str(), &[&id, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 
@@ -122,44 +164,46 @@ pub async fn latest(
     before: Option<i64>,
 ) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM popularity_events \
-         WHERE ($2::int4 IS NULL OR mal_id = $2) AND ($3::int8 IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $1"
-    );
-    let rows = db.query(&sql, &[&limit, &mal_id, &before]).await?;
+    let before = before.unwrap_or(i64::MAX);
+    let rows = match mal_id {
+        None => db.query(LATEST.as_str(), &[&limit, &before]).await?,
+        Some(mal_id) => {
+            db.query(LATEST_OF_ANIME.as_str(), &[&limit, &mal_id, &before])
+                .await?
+        }
+    };
     Ok(rows.iter().filter_map(stored_event).collect())
 }
+
+/// One anime's rows before an id, newest first (`$1` rows at most, of
+/// `mal_id` `$2`, before id `$3`), in a form only its index can answer.
+///
+/// Written as `mal_id = $2 ORDER BY id DESC`, the planner may walk the
+/// history backwards by id and filter, betting that the title's rows come
+/// soon — which for a title quiet for days means reading every row since.
+/// Stated as a range on `mal_id` ordered by `(mal_id, id DESC)`, the order
+/// is the `(mal_id, id DESC)` index's own and no other index has it, so the
+/// plan cannot flip to that walk whatever the statistics say.
+const OF_ONE_ANIME: &str = "mal_id >= $2 AND mal_id <= $2 AND id < $3 ORDER BY mal_id, id DESC LIMIT $1";
 
 /// History committed in the last `seconds`, newest first, at most `limit` rows.
 pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM popularity_events \
-         WHERE ingested_at > now() - make_interval(secs => $1) ORDER BY id DESC LIMIT $2"
-    );
-    let rows = db.query(&sql, &[&seconds, &limit]).await?;
+    let rows = db.query(RECENT.as_str(), &[&seconds, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 
 /// The oldest and the newest history ids (both 0 when there is none).
 pub async fn bounds(pool: &Pool) -> Result<(i64, i64)> {
     let db = super::checkout(pool).await?;
-    let row = db
-        .query_one(
-            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM popularity_events",
-            &[],
-        )
-        .await?;
+    let row = db.query_one(BOUNDS, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }
 
 /// The highest history id (0 when there is none).
 pub async fn last_id(pool: &Pool) -> Result<i64> {
     let db = super::checkout(pool).await?;
-    let row = db
-        .query_one("SELECT coalesce(max(id), 0) FROM popularity_events", &[])
-        .await?;
+    let row = db.query_one(LAST_ID, &[]).await?;
     Ok(row.get(0))
 }
 
@@ -211,11 +255,7 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<H
         event_count: c.get(8),
     };
     let history = db
-        .query(
-            "SELECT id, event_type, current_score::text, live_members, trending_rank, popularity_change::text, event_time \
-             FROM popularity_events WHERE mal_id = $1 ORDER BY id DESC LIMIT $2",
-            &[&mal_id, &ANIME_HISTORY],
-        )
+        .query(ANIME_POINTS.as_str(), &[&ANIME_HISTORY, &mal_id, &i64::MAX])
         .await?
         .iter()
         .map(|r| HistoryPoint {

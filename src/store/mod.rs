@@ -8,7 +8,9 @@
 //! * [`history`] — history rows and current state read back as events and
 //!   anime (for `serve`); both directions of event ↔ columns live here and
 //!   in [`batch`].
-//! * [`retention`] — deleting old history.
+//! * [`partitions`] — the history's daily partitions, made ahead of time,
+//!   and its size.
+//! * [`retention`] — removing old history.
 //!
 //! Two names tie writers and readers together: every transaction that
 //! writes positions takes [`COMMIT_ORDER_LOCK`] first (so history ids become
@@ -17,6 +19,7 @@
 
 pub mod batch;
 pub mod history;
+pub mod partitions;
 pub mod positions;
 pub mod retention;
 

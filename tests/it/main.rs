@@ -15,6 +15,7 @@ mod hostile;
 mod monitoring;
 mod offset_mirror;
 mod pipeline;
+mod plans;
 mod postgres_tls;
 mod resume_chaos;
 mod retention;
