@@ -93,17 +93,16 @@ pub static ANIME_POINTS: LazyLock<String> = LazyLock::new(|| {
 pub const BOUNDS: &str = "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM popularity_events";
 /// The newest id.
 pub const LAST_ID: &str = "SELECT coalesce(max(id), 0) FROM popularity_events";
-/// Rows committed in the last `$1` seconds, newest first, at most `$2`:
-/// read back from the newest row by id to the first one older than the
-/// window (ids follow commit order), so the cost is the window's rows.
-pub static RECENT: LazyLock<String> = LazyLock::new(|| {
+/// The id of the newest row committed `$1` seconds ago or earlier (0 for
+/// none): a walk back by id through the window's rows only.
+pub const WINDOW_EDGE: &str = "SELECT coalesce((SELECT id FROM popularity_events \
+     WHERE ingested_at <= now() - make_interval(secs => $1) ORDER BY id DESC LIMIT 1), 0)";
+/// Rows after id `$1` committed in the last `$2` seconds, newest first, at most `$3`.
+pub static WINDOW: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {EVENT_COLUMNS} FROM popularity_events \
-         WHERE id > coalesce((SELECT id FROM popularity_events \
-                              WHERE ingested_at <= now() - make_interval(secs => $1) \
-                              ORDER BY id DESC LIMIT 1), 0) \
-           AND ingested_at > now() - make_interval(secs => $1) \
-         ORDER BY id DESC LIMIT $2"
+         WHERE id > $1 AND ingested_at > now() - make_interval(secs => $2) \
+         ORDER BY id DESC LIMIT $3"
     )
 });
 
@@ -187,9 +186,15 @@ pub async fn latest(
 const OF_ONE_ANIME: &str = "mal_id >= $2 AND mal_id <= $2 AND id < $3 ORDER BY mal_id, id DESC LIMIT $1";
 
 /// History committed in the last `seconds`, newest first, at most `limit` rows.
+///
+/// In two steps, so that the second is planned knowing where the window
+/// starts: the newest row older than the window (ids follow commit order),
+/// then the rows after it. The cost is the window's rows, whatever the
+/// history holds.
 pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let rows = db.query(RECENT.as_str(), &[&seconds, &limit]).await?;
+    let edge: i64 = db.query_one(WINDOW_EDGE, &[&seconds]).await?.get(0);
+    let rows = db.query(WINDOW.as_str(), &[&edge, &seconds, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 

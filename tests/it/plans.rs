@@ -65,6 +65,11 @@ async fn history_reads_stay_small_whatever_the_statistics_say() {
     let max = i64::MAX;
     let (page, panel, window, resume) = (50_i64, history::ANIME_HISTORY, 600.0_f64, 1_000_i64);
     let after = last - resume;
+    let edge: i64 = client
+        .query_one(history::WINDOW_EDGE, &[&window])
+        .await
+        .unwrap()
+        .get(0);
     let statements: Vec<(&str, &str, Vec<&(dyn ToSql + Sync)>)> = vec![
         ("resume", history::ROWS_AFTER.as_str(), vec![&after, &resume]),
         ("the feed", history::LATEST.as_str(), vec![&page, &max]),
@@ -88,10 +93,11 @@ async fn history_reads_stay_small_whatever_the_statistics_say() {
             history::ANIME_POINTS.as_str(),
             vec![&panel, &BUSY, &max],
         ),
+        ("the trending window's edge", history::WINDOW_EDGE, vec![&window]),
         (
             "the trending window",
-            history::RECENT.as_str(),
-            vec![&window, &20_000_i64],
+            history::WINDOW.as_str(),
+            vec![&edge, &window, &20_000_i64],
         ),
         ("the ids' bounds", history::BOUNDS, vec![]),
         ("the newest id", history::LAST_ID, vec![]),
