@@ -47,15 +47,19 @@ pub(super) async fn exists(db: &Bounded, table: &str) -> Result<bool> {
         .get(0))
 }
 
-/// The weekly partitions whose whole week is more than `days` days ago, oldest first.
+/// The weekly partitions whose whole week is more than `days` days ago,
+/// and the partition from before partitioning once its whole range is.
 pub(super) async fn weeks_before(db: &Bounded, days: i32) -> Result<Vec<String>> {
     let rows = db
         .query(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
              WHERE i.inhparent = 'popularity_events'::regclass \
-               AND c.relname ~ '^popularity_events_w[0-9]{8}$' \
-               AND (to_date(substr(c.relname, 20), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC') \
-                   + interval '7 days' <= now() - make_interval(days => $1) \
+               AND ((c.relname ~ '^popularity_events_w[0-9]{8}$' \
+                     AND (to_date(substr(c.relname, 20), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC') \
+                         + interval '7 days' <= now() - make_interval(days => $1)) \
+                 OR (c.relname = 'popularity_events_before' \
+                     AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1] \
+                         ::timestamptz <= now() - make_interval(days => $1))) \
              ORDER BY c.relname",
             &[&days],
         )

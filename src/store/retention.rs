@@ -7,11 +7,11 @@
 //!   moment's lock (never waited for long: a busy table is tried again at
 //!   the next sweep), so up to a week more than N days is kept;
 //! * the partition of the rows stored before partitioning, and the default
-//!   one (events dated outside the daily partitions), are deleted from in
-//!   small batches (rows no one is writing, `SKIP LOCKED`) with a pause
-//!   between them, so ingestion never waits. Each batch looks only at the
-//!   oldest rows by id, so a sweep stops where the old rows end instead of
-//!   reading what remains.
+//!   one (events dated outside the weekly partitions), are deleted from in
+//!   small batches with a pause between them, so ingestion never waits.
+//!   Each batch of the first looks only at its oldest rows by id, so a
+//!   sweep stops where the old rows end instead of reading what remains;
+//!   once its whole range is older than N days it is dropped like a week.
 //!
 //! The current state and dead letters are kept.
 
@@ -36,11 +36,15 @@ const DROP_LOCK_WAIT: &str = "500ms";
 /// `$2` oldest rows by id, those dated more than `$1` days ago. Ids follow
 /// the order rows were stored in, which is their time order up to a
 /// producer's clock, so the oldest rows come first and a batch that finds
-/// fewer than it looked at is the last one.
+/// none is the last one. (No row lock is asked for: history rows are only
+/// ever inserted, and two sweeps at once delete each row once.)
 const DELETE_BEFORE: &str = "DELETE FROM popularity_events_before WHERE id IN ( \
-     SELECT id FROM (SELECT id, event_time FROM popularity_events_before \
-                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) AS oldest \
+     SELECT id FROM (SELECT id, event_time FROM popularity_events_before ORDER BY id LIMIT $2) AS oldest \
      WHERE event_time < now() - make_interval(days => $1))";
+/// Whether the oldest row of that partition is old enough to delete: one
+/// index probe, so a sweep with nothing to do reads no more.
+const BEFORE_HAS_OLD: &str = "SELECT coalesce((SELECT event_time < now() - make_interval(days => $1) \
+     FROM popularity_events_before ORDER BY id LIMIT 1), false)";
 
 /// One batch of the default partition, which holds only the odd event dated
 /// outside the weekly partitions.
@@ -55,10 +59,13 @@ const DELETE_DEFAULT: &str = "DELETE FROM popularity_events_default WHERE id IN 
 pub async fn delete_batch(pool: &Pool, days: i32, limit: i64) -> Result<u64> {
     let db = super::checkout(pool).await?;
     let mut deleted = 0;
-    for (table, sql) in [(BEFORE, DELETE_BEFORE), (DEFAULT, DELETE_DEFAULT)] {
-        if partitions::exists(&db, table).await? {
-            deleted += db.execute(sql, &[&days, &limit]).await?;
-        }
+    if partitions::exists(&db, BEFORE).await?
+        && db.query_one(BEFORE_HAS_OLD, &[&days]).await?.get::<_, bool>(0)
+    {
+        deleted += db.execute(DELETE_BEFORE, &[&days, &limit]).await?;
+    }
+    if partitions::exists(&db, DEFAULT).await? {
+        deleted += db.execute(DELETE_DEFAULT, &[&days, &limit]).await?;
     }
     Ok(deleted)
 }
@@ -80,8 +87,9 @@ pub async fn sweep(pool: &Pool, days: i32, shutdown: &CancellationToken) -> Resu
     }
 }
 
-/// Drops the weekly partitions whose whole week is older than `days`;
-/// returns the rows they held.
+/// Drops the weekly partitions whose whole week is older than `days` (and
+/// the partition from before partitioning once its range is); returns the
+/// rows they held.
 async fn drop_old_weeks(pool: &Pool, days: i32) -> Result<u64> {
     let db = super::checkout(pool).await?;
     let mut removed = 0;

@@ -120,3 +120,58 @@ async fn retention_drops_whole_old_weeks_and_gives_their_space_back() {
     client.batch_execute(&rows(6_000, 1, "1 minute")).await.unwrap();
     assert_eq!(db.count("SELECT count(*) FROM popularity_events").await, 51);
 }
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+#[tokio::test]
+async fn a_history_from_before_partitioning_is_kept_and_retention_still_applies() {
+    let db = TestDb::new();
+    let database: Database = db.url.parse().unwrap();
+    database.ensure_exists().await.unwrap();
+    let mut client = db.connect().await;
+    // The tables as they were before partitioning, with 3,000 rows dated
+    // 40 days ago and 20 from an hour ago.
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(2))
+        .run_async(&mut client)
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "{}; {}; {CURRENT}",
+            rows(0, 3_000, "40 days"),
+            rows(3_000, 20, "1 hour")
+        ))
+        .await
+        .unwrap();
+
+    let pool = database.connect_and_migrate(2).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM popularity_events").await, 3_020);
+    assert_eq!(
+        db.count("SELECT count(*) FROM popularity_events_before").await,
+        3_020,
+        "the rows stay where they were, as the first partition"
+    );
+    // Exactly once still holds for them: the same record is refused.
+    let again = client.batch_execute(&rows(5, 1, "40 days")).await;
+    assert!(again.is_err(), "a stored record is stored once");
+    // New history goes in, and ids go on from the same sequence (the
+    // refused insert drew one).
+    client.batch_execute(&rows(3_020, 1, "1 minute")).await.unwrap();
+    assert_eq!(db.count("SELECT max(id) FROM popularity_events").await, 3_022);
+
+    // Retention deletes the old rows of that partition in batches and keeps the rest.
+    let removed = retention::sweep(&pool, 30, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(removed, 3_000);
+    assert_eq!(db.count("SELECT count(*) FROM popularity_events").await, 21);
+    assert_eq!(
+        retention::sweep(&pool, 30, &CancellationToken::new())
+            .await
+            .unwrap(),
+        0
+    );
+}
