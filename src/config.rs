@@ -354,8 +354,9 @@ pub struct ConsumerOptions {
           value_name = "DURATION", value_parser = parse_duration)]
     pub session_timeout: Duration,
 
-    /// Keep only this many days of history (older events are deleted in
-    /// small batches; current state and dead letters stay) [default: keep all].
+    /// Keep only this many days of history, by event time, in whole weeks
+    /// (a week goes once all of it is older; current state and dead letters
+    /// stay) [default: keep all].
     #[arg(long = "history-retention-days", env = "HISTORY_RETENTION_DAYS", value_name = "DAYS",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,

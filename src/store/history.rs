@@ -151,7 +151,7 @@ fn stored_event(row: &Row) -> Option<StoredEvent> {
 /// History rows after `id`, oldest first, at most `limit`.
 pub async fn rows_after(pool: &Pool, id: i64, limit: i64) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let rows = db.query(ROWS_AFTER.as_str(), &[&id, &limit]).await?;
+    let rows = db.query(&db.prepared(&ROWS_AFTER).await?, &[&id, &limit]).await?;
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 
@@ -165,9 +165,9 @@ pub async fn latest(
     let db = super::checkout(pool).await?;
     let before = before.unwrap_or(i64::MAX);
     let rows = match mal_id {
-        None => db.query(LATEST.as_str(), &[&limit, &before]).await?,
+        None => db.query(&db.prepared(&LATEST).await?, &[&limit, &before]).await?,
         Some(mal_id) => {
-            db.query(LATEST_OF_ANIME.as_str(), &[&limit, &mal_id, &before])
+            db.query(&db.prepared(&LATEST_OF_ANIME).await?, &[&limit, &mal_id, &before])
                 .await?
         }
     };
@@ -193,22 +193,27 @@ const OF_ONE_ANIME: &str = "mal_id >= $2 AND mal_id <= $2 AND id < $3 ORDER BY m
 /// history holds.
 pub async fn recent(pool: &Pool, seconds: f64, limit: i64) -> Result<Vec<StoredEvent>> {
     let db = super::checkout(pool).await?;
-    let edge: i64 = db.query_one(WINDOW_EDGE, &[&seconds]).await?.get(0);
-    let rows = db.query(WINDOW.as_str(), &[&edge, &seconds, &limit]).await?;
+    let edge: i64 = db
+        .query_one(&db.prepared(WINDOW_EDGE).await?, &[&seconds])
+        .await?
+        .get(0);
+    let rows = db
+        .query(&db.prepared(&WINDOW).await?, &[&edge, &seconds, &limit])
+        .await?;
     Ok(rows.iter().filter_map(stored_event).collect())
 }
 
 /// The oldest and the newest history ids (both 0 when there is none).
 pub async fn bounds(pool: &Pool) -> Result<(i64, i64)> {
     let db = super::checkout(pool).await?;
-    let row = db.query_one(BOUNDS, &[]).await?;
+    let row = db.query_one(&db.prepared(BOUNDS).await?, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }
 
 /// The highest history id (0 when there is none).
 pub async fn last_id(pool: &Pool) -> Result<i64> {
     let db = super::checkout(pool).await?;
-    let row = db.query_one(LAST_ID, &[]).await?;
+    let row = db.query_one(&db.prepared(LAST_ID).await?, &[]).await?;
     Ok(row.get(0))
 }
 
@@ -260,7 +265,10 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<H
         event_count: c.get(8),
     };
     let history = db
-        .query(ANIME_POINTS.as_str(), &[&ANIME_HISTORY, &mal_id, &i64::MAX])
+        .query(
+            &db.prepared(&ANIME_POINTS).await?,
+            &[&ANIME_HISTORY, &mal_id, &i64::MAX],
+        )
         .await?
         .iter()
         .map(|r| HistoryPoint {

@@ -101,6 +101,13 @@ impl Bounded {
         result
     }
 
+    /// `sql` prepared once per connection and kept (with its plan, once
+    /// PostgreSQL settles on one), bounded: for statements run often, whose
+    /// planning would otherwise cost more than running them.
+    pub async fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement> {
+        self.run("a prepare", self.client().prepare_cached(sql)).await
+    }
+
     /// `query`, bounded.
     pub async fn query<T>(
         &self,
