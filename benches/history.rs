@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use catlog_live::catalog::Catalog;
 use catlog_live::config::{Cli, Command};
 use catlog_live::db::Database;
-use catlog_live::pipeline::{Pipeline, Settings};
 use catlog_live::store::{history, retention};
 use catlog_live::{doctor, kafka};
 use clap::Parser;
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/events.rs"]
 mod events;
-use events::{PARTITIONS, Published, copy, publish};
+use events::{PARTITIONS, Published, consume, copy, publish, shape};
 
 /// Days the built history spans (retention then keeps one day less).
 const DAYS: i64 = 30;
@@ -277,6 +276,9 @@ async fn measure(
     sql.execute(FILL_CURRENT, &[]).await?;
     sql.batch_execute("VACUUM (ANALYZE) popularity_events").await?;
     sql.batch_execute("ANALYZE live_popularity").await?;
+    // Write the build out now, so that its checkpoint does not land in the
+    // middle of what is measured.
+    sql.batch_execute("CHECKPOINT").await?;
     let built = started.elapsed().as_secs_f64();
     let sizes = sql.query_one(SIZES, &[]).await?;
     let (heap, indexes): (i64, i64) = (sizes.get(0), sizes.get(1));
@@ -420,67 +422,6 @@ async fn measure(
         format!("{} / {}", bytes(heap), bytes(indexes)),
     ));
     Ok(())
-}
-
-/// The table a plain COPY baseline copies the shape of: the history, or the
-/// partition today's rows go to when the history is partitioned.
-async fn shape(sql: &tokio_postgres::Client) -> anyhow::Result<String> {
-    let leaf: Option<String> = sql
-        .query_one(
-            "SELECT max(relid::text) FROM pg_partition_tree('popularity_events') \
-             WHERE isleaf AND relid::text LIKE 'popularity_events_w%'",
-            &[],
-        )
-        .await?
-        .get(0);
-    Ok(leaf.unwrap_or_else(|| "popularity_events".into()))
-}
-
-/// Runs `consume` from an empty group until it stored `events`; the seconds it took.
-async fn consume(
-    url: &str,
-    broker: &str,
-    topic: &str,
-    sql: &tokio_postgres::Client,
-    events: usize,
-) -> anyhow::Result<f64> {
-    let cli = Cli::try_parse_from([
-        "catlog-live",
-        "consume",
-        "--kafka-broker",
-        broker,
-        "--kafka-topic",
-        topic,
-        "--database-url",
-        url,
-        "--group-id",
-        "bench",
-    ])?;
-    let Command::Consume(args) = cli.command else {
-        anyhow::bail!("not consume")
-    };
-    let consumer = Pipeline::build(Settings::from(&args)).await?;
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(consumer.run(shutdown.clone()));
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets \
-                 WHERE group_id = 'bench' AND topic = $1",
-                &[&topic],
-            )
-            .await?
-            .get(0);
-        if n as usize >= events {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    task.await??;
-    Ok(secs)
 }
 
 /// The median milliseconds of [`RUNS`] calls of `f`, after one warm-up.

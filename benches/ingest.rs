@@ -10,18 +10,14 @@
 //! Needs a broker (`KAFKA_BROKER`, default 127.0.0.1:9092) and PostgreSQL
 //! (`CATLOG_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use catlog_live::config::{Cli, Command};
 use catlog_live::db::Database;
 use catlog_live::kafka;
-use catlog_live::pipeline::{Pipeline, Settings};
-use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/events.rs"]
 mod events;
-use events::{PARTITIONS, copy, publish};
+use events::{PARTITIONS, consume, copy, publish, shape};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -67,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
     let session = db.session().await?;
     session
         .client
-        .batch_execute("CREATE TABLE copy_baseline (LIKE popularity_events INCLUDING ALL)")
+        .batch_execute(&format!(
+            "CREATE TABLE copy_baseline (LIKE {} INCLUDING ALL)",
+            shape(&session.client).await?
+        ))
         .await?;
     let copy_secs = copy(&session.client, "copy_baseline", &topic, &rows).await?;
     let copy_rate = events as f64 / copy_secs;
@@ -75,42 +74,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The consumer, built as `catlog-live consume` builds it, from an empty
     // group until every row is in.
-    let batch_size = std::env::var("CONSUMER_BATCH_SIZE").unwrap_or_else(|_| "5000".into());
-    let cli = Cli::try_parse_from([
-        "catlog-live",
-        "consume",
-        "--kafka-broker",
-        &broker,
-        "--kafka-topic",
-        &topic,
-        "--database-url",
-        &db_url,
-        "--group-id",
-        "bench",
-        "--batch-size",
-        &batch_size,
-    ])?;
-    let Command::Consume(args) = cli.command else {
-        anyhow::bail!("not consume")
-    };
-    let consumer = Pipeline::build(Settings::from(&args)).await?;
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let consumer = tokio::spawn(consumer.run(shutdown.clone()));
-    loop {
-        let n: i64 = session
-            .client
-            .query_one("SELECT count(*) FROM popularity_events", &[])
-            .await?
-            .get(0);
-        if n as usize >= events {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ingest_secs = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    consumer.await??;
+    let ingest_secs = consume(&db_url, &broker, &topic, &session.client, events).await?;
     let ingest_rate = events as f64 / ingest_secs;
     println!("consume ingest   {events:>8} rows   in {ingest_secs:>7.2} s  = {ingest_rate:>9.0} rows/s");
     println!(

@@ -1,15 +1,20 @@
 //! What the ingest and history benchmarks share: simulated events published
-//! the way the producer publishes them, and a plain `COPY` of the same rows.
+//! the way the producer publishes them, a plain `COPY` of the same rows into
+//! a table of a history partition's shape, and `consume` draining them.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use catlog_live::catalog::Catalog;
+use catlog_live::config::{Cli, Command};
 use catlog_live::event::{Event, Measure, new_event_id};
 use catlog_live::kafka;
+use catlog_live::pipeline::{Pipeline, Settings};
 use catlog_live::produce::Simulator;
+use clap::Parser;
 use futures::SinkExt;
 use rskafka::client::partition::Compression;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Partitions of a benchmark topic.
@@ -91,4 +96,65 @@ pub async fn copy(
     }
     sink.finish().await?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The table a plain COPY baseline copies the shape of: the history, or the
+/// partition today's rows go to when the history is partitioned.
+pub async fn shape(sql: &tokio_postgres::Client) -> anyhow::Result<String> {
+    let leaf: Option<String> = sql
+        .query_one(
+            "SELECT max(relid::text) FROM pg_partition_tree('popularity_events') \
+             WHERE isleaf AND relid::text LIKE 'popularity_events_w%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(leaf.unwrap_or_else(|| "popularity_events".into()))
+}
+
+/// Runs `consume` from an empty group until it stored `events`; the seconds it took.
+pub async fn consume(
+    url: &str,
+    broker: &str,
+    topic: &str,
+    sql: &tokio_postgres::Client,
+    events: usize,
+) -> anyhow::Result<f64> {
+    let cli = Cli::try_parse_from([
+        "catlog-live",
+        "consume",
+        "--kafka-broker",
+        broker,
+        "--kafka-topic",
+        topic,
+        "--database-url",
+        url,
+        "--group-id",
+        "bench",
+    ])?;
+    let Command::Consume(args) = cli.command else {
+        anyhow::bail!("not consume")
+    };
+    let consumer = Pipeline::build(Settings::from(&args)).await?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets \
+                 WHERE group_id = 'bench' AND topic = $1",
+                &[&topic],
+            )
+            .await?
+            .get(0);
+        if n as usize >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    Ok(secs)
 }
