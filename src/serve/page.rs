@@ -10,6 +10,10 @@ use crate::event::{EventType, Measure};
 pub const APP_JS: &str = include_str!("../../static/app.js");
 /// `static/live-client.js`, the WebSocket client `app.js` imports.
 pub const LIVE_CLIENT_JS: &str = include_str!("../../static/live-client.js");
+/// `static/catlog-live.js`, the embeddable elements (it imports `live-client.js`).
+pub const WIDGET_JS: &str = include_str!("../../static/catlog-live.js");
+/// `static/catlog-live.css`, the elements' styles (inside their shadow roots).
+pub const WIDGET_CSS: &str = include_str!("../../static/catlog-live.css");
 /// `static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
 /// `static/favicon.svg`, also served as `/favicon.ico`.
