@@ -205,20 +205,30 @@ class Connection extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  /** Starts once, after the elements in the same task have given their tokens. */
+  /** Starts once, after the scripts of this task (which may configure it) have run. */
   start() {
     if (this.started) return;
     this.started = true;
-    queueMicrotask(() => this.client.start());
+    setTimeout(() => this.client.start(), 0);
   }
 
   configure({ token, getToken }) {
-    if (getToken !== undefined && getToken !== null) this.getToken = getToken;
+    let changed = false;
+    if (getToken !== undefined && getToken !== null && getToken !== this.getToken) {
+      this.getToken = getToken;
+      changed = true;
+    }
     if (token !== undefined && token !== null && token !== this.token) {
       this.token = token;
       this.spent = false;
+      changed = true;
       // A new token from the page: hand it over in band.
       this.client.send({ type: "token", token });
+    }
+    // Waiting for access (refused, or between tries): try again now.
+    if (changed && this.started && !this.client.socket && !this.client.stopped) {
+      this.probed = false;
+      this.client.connect();
     }
   }
 
@@ -257,7 +267,7 @@ class Connection extends EventTarget {
         else this.say("live", "Live");
         break;
       case "offline":
-        this.say("reconnecting", "Offline — trying again");
+        if (!this.spent) this.say("reconnecting", "Offline — trying again");
         break;
       default:
         break;

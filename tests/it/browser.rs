@@ -33,7 +33,7 @@ fn chromedriver(port: u16) -> Proc {
 
 /// A headless Chromium of the test's own, and the chromedriver driving it
 /// (which must live as long as the browser is used).
-async fn open_browser() -> (Proc, Client) {
+pub(crate) async fn open_browser() -> (Proc, Client) {
     let port = free_port();
     let driver = chromedriver(port);
     (driver, browser(port).await)
@@ -79,7 +79,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
 }
 
 /// Errors the page's console showed since the last call.
-async fn console_errors(client: &Client) -> Vec<String> {
+pub(crate) async fn console_errors(client: &Client) -> Vec<String> {
     let log = client.issue_cmd(BrowserLog).await.unwrap_or(Value::Null);
     log.as_array()
         .into_iter()
@@ -116,11 +116,11 @@ async fn wait_js_for(client: &Client, within: Duration, what: &str, script: &str
     }
 }
 
-async fn js(client: &Client, script: &str) -> Value {
+pub(crate) async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap()
 }
 
-fn screenshot_path(name: &str) -> PathBuf {
+pub(crate) fn screenshot_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("screenshots");
