@@ -27,11 +27,11 @@ pub const EXPIRED_CLOSE_REASON: &str = "token expired";
 /// Why the token settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {setting} {path}: {source}")]
+    #[error("cannot read {setting} {path}: {error}")]
     Read {
         setting: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{setting} {path} holds no RSA or P-256 EC key in PEM (-----BEGIN PUBLIC KEY----- or -----BEGIN PRIVATE KEY-----)"
@@ -224,10 +224,10 @@ impl Signer {
 }
 
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+    std::fs::read(path).map_err(|error| KeyError::Read {
         setting,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
