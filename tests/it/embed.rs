@@ -425,3 +425,24 @@ async fn a_token_refreshed_in_band_and_one_left_to_expire_both_show_every_update
     assert_eq!(errors, Vec::<String>::new());
     client.close().await.unwrap();
 }
+
+/// What a page downloads for the elements, gzipped as a server or CDN
+/// would send it: the module, the client it imports, the styles.
+#[test]
+fn the_module_and_its_styles_are_under_15_kb_gzipped() {
+    use flate2::{Compression, write::GzEncoder};
+    use std::io::Write;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let mut total = 0;
+    for file in ["catlog-live.js", "live-client.js", "catlog-live.css"] {
+        let text = std::fs::read(dir.join(file)).unwrap();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+        gz.write_all(&text).unwrap();
+        let size = gz.finish().unwrap().len();
+        eprintln!("{file}: {} bytes, {size} gzipped", text.len());
+        total += size;
+    }
+    eprintln!("the elements: {total} bytes gzipped");
+    assert!(total < 15 * 1024, "{total} bytes gzipped, over 15 KB");
+}
