@@ -20,6 +20,10 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const KEPT = 100;               // recent updates kept for elements that attach later
 const REFRESH_AT = 0.7;         // refresh a token when this much of its life is gone
 const NOT_ALLOWED_RETRY_MS = 30000;
+// "Live" only while data flows: silent for this many usual gaps (and at
+// least STALE_MIN_MS) reads as stale.
+const STALE_FACTOR = 10;
+const STALE_MIN_MS = 30000;
 const TYPE_LABELS = { SCORE_UPDATE: "Score", MEMBER_UPDATE: "Members", TRENDING_CHANGE: "Site rank" };
 
 // Styles: fetched once (CORS), shared by every shadow root.
@@ -144,6 +148,8 @@ class Connection extends EventTarget {
     this.rooms = new Map();    // malId -> number of elements following it
     this.anime = new Map();    // malId -> latest anime message
     this.unknown = new Set();  // malIds the server has not seen
+    this.lastEventAt = null;
+    this.gaps = [];
     this.client = new LiveClient({
       url: `${server}ws`,
       token: () => this.token,
@@ -153,11 +159,13 @@ class Connection extends EventTarget {
     on("state", (d) => this.onState(d));
     on("snapshot", ({ message, reset }) => {
       if (reset) this.recent = (message.updates || []).slice(0, KEPT);
+      this.noteEvent();
       this.trending = message.trending || [];
       this.emit("reset");
       this.emit("trending");
     });
     on("update", (msg) => {
+      this.noteEvent();
       this.recent.unshift(msg);
       if (this.recent.length > KEPT) this.recent.pop();
       this.emit("update", msg);
@@ -188,7 +196,8 @@ class Connection extends EventTarget {
     on("closed", ({ code }) => {
       if (code === 4401) {
         this.spent = true;
-        this.say("connecting", this.getToken ? "Renewing access…" : "Not allowed: the token has expired");
+        if (this.getToken) this.say("reconnecting", "Renewing access…");
+        else this.say("not-allowed", "Not allowed: the token has expired");
       }
     });
     const wake = () => {
@@ -203,6 +212,29 @@ class Connection extends EventTarget {
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  noteEvent() {
+    const now = Date.now();
+    if (this.lastEventAt) {
+      this.gaps.push(now - this.lastEventAt);
+      if (this.gaps.length > 20) this.gaps.shift();
+    }
+    this.lastEventAt = now;
+    if (this.status.state === "stale") this.onState({ state: "live" });
+  }
+
+  /** Live, or stale after a silence far longer than usual (called every second). */
+  checkFresh(now) {
+    if (this.status.state !== "live" && this.status.state !== "stale") return;
+    if (!this.lastEventAt) return;
+    const sorted = this.gaps.slice().sort((a, b) => a - b);
+    const usual = sorted.length >= 3 ? sorted[Math.floor(sorted.length / 2)] : 0;
+    const idle = now - this.lastEventAt;
+    if (idle <= Math.max(STALE_MIN_MS, usual * STALE_FACTOR)) return;
+    const min = Math.floor(idle / 60000);
+    const text = `Stale: no new events for ${min ? `${min} min` : `${Math.floor(idle / 10000) * 10} s`}`;
+    if (this.status.text !== text) this.say("stale", text);
   }
 
   /** Starts once, after the scripts of this task (which may configure it) have run. */
@@ -353,6 +385,7 @@ class Connection extends EventTarget {
 const ticking = new Set();
 setInterval(() => {
   const now = Date.now();
+  for (const conn of connections.values()) conn.checkFresh(now);
   for (const root of ticking) {
     for (const node of root.querySelectorAll("time[datetime]")) {
       const text = ago(node.getAttribute("datetime"), now);
@@ -437,10 +470,20 @@ class LiveElement extends HTMLElement {
     return Number.isSafeInteger(n) && n >= 1 ? n : null;
   }
 
-  /** A title: a link (`link="/anime/{malId}"`), or text. */
+  /**
+   * A title: a link (`link="/anime/{malId}"`), a button that announces a
+   * `catlog-live-select` event (`selectable`), or text.
+   */
   titleEl(malId, title) {
     const template = this.getAttribute("link");
     const text = title || `#${malId}`;
+    if (!template && this.hasAttribute("selectable")) {
+      const button = el("button", { type: "button", class: "title", part: "title", "data-mal-id": malId, title: "Show this title's live panel" }, text);
+      button.addEventListener("click", () => this.dispatchEvent(new CustomEvent("catlog-live-select", {
+        bubbles: true, composed: true, detail: { malId, title: text },
+      })));
+      return button;
+    }
     if (!template) return el("span", { class: "title", part: "title" }, text);
     return el("a", { class: "title", part: "title", href: template.replaceAll("{malId}", String(malId)) }, text);
   }
@@ -583,6 +626,17 @@ class AnimeElement extends LiveElement {
     this.facts = el("dl", { class: "facts", part: "facts" });
     this.chart = svg("svg", { class: "chart", part: "chart", viewBox: "0 0 360 170", role: "img", "aria-label": "Score and members over time" });
     this.body.append(this.sub, this.facts, this.chart);
+  }
+
+  connectedCallback() {
+    if (this.hasAttribute("follow-selection") && !this.onSelect) {
+      this.onSelect = (ev) => {
+        const id = Number(ev.detail && ev.detail.malId);
+        if (Number.isSafeInteger(id) && id !== this.malId) this.setAttribute("mal-id", String(id));
+      };
+      document.addEventListener("catlog-live-select", this.onSelect);
+    }
+    super.connectedCallback();
   }
 
   attach() {
