@@ -122,12 +122,14 @@ export function configure({ server, token, getToken } = {}) {
 }
 
 /** The one connection to `server` this page has (made on first use). */
-export function connectionTo(server) {
+export function connectionTo(server, lastId = null) {
   let conn = connections.get(server);
   if (!conn) {
     conn = new Connection(server);
     connections.set(server, conn);
   }
+  // Server-rendered rows: the connection resumes after them.
+  if (lastId !== null && lastId !== "") conn.client.resumeAfter(Number(lastId));
   return conn;
 }
 
@@ -176,7 +178,8 @@ class Connection extends EventTarget {
     });
     on("stats", (msg) => {
       this.delayed = msg.delayed && typeof msg.delayed === "object" ? msg.delayed : null;
-      if (this.status.state === "live" || this.status.state === "delayed") this.onState({ state: "live" });
+      if (["live", "delayed", "stale"].includes(this.status.state)) this.onState({ state: "live" });
+      this.emit("stats", msg);
     });
     on("anime", (msg) => {
       this.anime.set(msg.malId, msg);
@@ -415,7 +418,7 @@ class LiveElement extends HTMLElement {
 
   connectedCallback() {
     if (!this.frame) this.build();
-    this.conn = connectionTo(serverOf(this));
+    this.conn = connectionTo(serverOf(this), this.getAttribute("last-id"));
     this.conn.configure({ token: this.getAttribute("token"), getToken: this._getToken });
     this.listen("status", (s) => this.showStatus(s));
     this.showStatus(this.conn.status);
@@ -447,15 +450,23 @@ class LiveElement extends HTMLElement {
     this.off.push(() => this.conn.removeEventListener(type, handler));
   }
 
-  /** The frame: a heading, the state in words, and the body. */
+  /**
+   * The frame: a heading, the state in words, and the body, as the server
+   * renders it too (declarative shadow DOM): a rendered one is taken over.
+   */
   build() {
-    this.root.replaceChildren();
-    this.statusEl = el("p", { class: "status", part: "status", role: "status", "data-state": "connecting" }, "Connecting…");
-    this.heading = el("h2", { part: "heading", class: "heading" }, this.label);
-    this.body = el("div", { class: "body", part: "body" });
-    this.frame = el("section", { class: "frame", part: "frame" },
-      el("header", { class: "head", part: "header" }, this.heading, this.statusEl), this.body);
-    this.root.append(this.frame);
+    if (!this.root.querySelector(".frame")) {
+      this.root.innerHTML = `<section class="frame" part="frame"><header class="head" part="header">` +
+        `<h2 class="heading" part="heading"></h2><p class="status" part="status" role="status" data-state="connecting">Connecting…</p>` +
+        `</header><div class="body" part="body">${this.skeleton()}</div></section>`;
+      this.root.querySelector(".heading").textContent = this.label;
+    }
+    const part = (name) => this.root.querySelector(`[part~="${name}"]`);
+    this.frame = part("frame");
+    this.statusEl = part("status");
+    this.heading = part("heading");
+    this.list = part("list");
+    this.empty = part("empty");
   }
 
   showStatus({ state, text }) {
@@ -496,11 +507,8 @@ class LiveElement extends HTMLElement {
 class TrendingElement extends LiveElement {
   get label() { return "Trending"; }
 
-  build() {
-    super.build();
-    this.list = el("ol", { class: "list trending", part: "list" });
-    this.empty = el("p", { class: "empty", part: "empty" }, "No trending ranking yet.");
-    this.body.append(this.list, this.empty);
+  skeleton() {
+    return `<ol id="trending" class="list trending" part="list"></ol><p class="empty" part="empty">No trending ranking yet.</p>`;
   }
 
   attach() {
@@ -531,7 +539,9 @@ class TrendingElement extends LiveElement {
       el("span", { class: "main" },
         this.titleEl(item.malId, item.title),
         el("span", { class: "meta", part: "meta" },
-          `Score ${fmtFixed(item.score, 2)} · Members ${fmtInt(item.members)} · Momentum ${fmtFixed(item.momentum, 1)}`)),
+          "Score ", el("span", { class: "score" }, fmtFixed(item.score, 2)),
+          " · Members ", el("span", { class: "members" }, fmtInt(item.members)),
+          " · Momentum ", el("span", { class: "momentum" }, fmtFixed(item.momentum, 1)))),
       el("span", { class: `movement ${kind}`, part: `movement movement-${kind}`, role: "img", "aria-label": words, title: "Places moved in the last 10 minutes" }, badge));
   }
 }
@@ -540,11 +550,9 @@ class TrendingElement extends LiveElement {
 class FeedElement extends LiveElement {
   get label() { return "Live feed"; }
 
-  build() {
-    super.build();
-    this.list = el("ol", { class: "list feed", part: "list", "aria-live": "polite", "aria-relevant": "additions" });
-    this.empty = el("p", { class: "empty", part: "empty" }, "Waiting for the first update…");
-    this.body.append(this.list, this.empty);
+  skeleton() {
+    return `<ol id="feed" class="list feed" part="list" aria-live="polite" aria-relevant="additions"></ol>` +
+      `<p class="empty" part="empty">Waiting for the first update…</p>`;
   }
 
   attach() {
@@ -596,7 +604,7 @@ class FeedElement extends LiveElement {
     if (e.eventType === "MEMBER_UPDATE") value = fmtInt(e.liveMembers);
     else if (e.eventType === "TRENDING_CHANGE") value = isNum(e.trendingRank) ? `#${e.trendingRank}` : "–";
     const dir = direction(e.popularityChange);
-    const row = el("li", { "data-id": id, "data-mal-id": e.malId, class: `${dir}${fresh ? " fresh" : ""}`, part: "item" },
+    const row = el("li", { "data-id": id, "data-mal-id": e.malId, class: `update ${dir}${fresh ? " fresh" : ""}`, part: "item" },
       this.titleEl(e.malId, e.title),
       el("span", { class: "type", part: "type" }, TYPE_LABELS[e.eventType] || String(e.eventType || "Update")),
       el("span", { class: "value", part: "value" }, String(value)),
@@ -619,13 +627,18 @@ class FeedElement extends LiveElement {
 class AnimeElement extends LiveElement {
   get label() { return "Loading…"; }
 
+  skeleton() {
+    return `<p id="anime-sub" class="sub" part="sub"></p><dl class="facts" part="facts"></dl>` +
+      `<svg id="anime-chart" class="chart" part="chart" viewBox="0 0 360 170" role="img" aria-label="Score and members over time"></svg>`;
+  }
+
   build() {
     super.build();
-    this.heading.setAttribute("part", "heading title");
-    this.sub = el("p", { class: "sub", part: "sub" }, "");
-    this.facts = el("dl", { class: "facts", part: "facts" });
-    this.chart = svg("svg", { class: "chart", part: "chart", viewBox: "0 0 360 170", role: "img", "aria-label": "Score and members over time" });
-    this.body.append(this.sub, this.facts, this.chart);
+    this.heading.id = "anime-title";
+    this.heading.tabIndex = -1;
+    this.sub = this.root.querySelector('[part="sub"]');
+    this.facts = this.root.querySelector('[part="facts"]');
+    this.chart = this.root.querySelector('[part="chart"]');
   }
 
   connectedCallback() {

@@ -62,6 +62,11 @@ export class LiveClient extends EventTarget {
     this.onOnline = () => { if (!this.socket && !this.preparing && !this.stopped) this.connect(); };
   }
 
+  /** Before start: resume after `lastId`, the newest update the page already shows. */
+  resumeAfter(lastId) {
+    if (this.stopped && this.applied === null && Number.isSafeInteger(lastId) && lastId >= 0) this.applied = lastId;
+  }
+
   /** The last update applied: the resume point (null before any). */
   get lastId() {
     return this.applied;

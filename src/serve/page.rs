@@ -1,5 +1,7 @@
-//! The live page, rendered on the server (askama), and its static files,
-//! compiled into the binary so it runs from any directory.
+//! The live page, rendered on the server (askama) from the elements any
+//! page can embed (their shadow roots as declarative shadow DOM, the markup
+//! `static/catlog-live.js` renders too), and its static files, compiled
+//! into the binary so it runs from any directory.
 
 use askama::Template;
 
@@ -29,9 +31,6 @@ pub struct IndexPage {
     pub token_query: String,
     /// Event type → the word the page shows, as JSON for the script.
     pub type_labels: String,
-    /// The empty rows the script fills for live updates.
-    pub blank_update: UpdateView,
-    pub blank_trending: TrendingView,
 }
 
 impl IndexPage {
@@ -52,8 +51,6 @@ impl IndexPage {
             last_id,
             token_query,
             type_labels: serde_json::Value::Object(labels).to_string(),
-            blank_update: UpdateView::default(),
-            blank_trending: TrendingView::default(),
         }
     }
 }
