@@ -417,6 +417,12 @@ class LiveElement extends HTMLElement {
   static get observedAttributes() { return ["limit", "mal-id", "token"]; }
 
   connectedCallback() {
+    // A getToken set before the module defined the element (frameworks do).
+    if (Object.prototype.hasOwnProperty.call(this, "getToken")) {
+      const fn = this.getToken;
+      delete this.getToken;
+      this._getToken = fn;
+    }
     if (!this.frame) this.build();
     this.conn = connectionTo(serverOf(this), this.getAttribute("last-id"));
     this.conn.configure({ token: this.getAttribute("token"), getToken: this._getToken });
