@@ -468,3 +468,61 @@ fn the_module_and_its_styles_are_under_15_kb_gzipped() {
     eprintln!("the elements: {total} bytes gzipped");
     assert!(total < 15 * 1024, "{total} bytes gzipped, over 15 KB");
 }
+
+#[tokio::test]
+async fn our_page_shows_real_content_before_any_script_runs() {
+    let db = TestDb::new();
+    let topic = unique("catlog-no-script");
+    let (_app, url) = start_all(
+        &topic,
+        &db,
+        &[("PRODUCER_INTERVAL_MS", "100"), ("PRODUCER_SEED", "13")],
+    )
+    .await;
+    // The page as the server renders it once there is something to show…
+    common::wait_until(WAIT, "20 events stored", || async {
+        db.count("SELECT count(*) FROM popularity_events").await >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let html = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    // …without its scripts, as a browser shows it before they run (or
+    // without JavaScript at all).
+    let mut page = String::new();
+    let mut rest = html.as_str();
+    while let Some(start) = rest.find("<script") {
+        page.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("</script>")
+            .map_or(rest.len(), |e| start + e + "</script>".len());
+        rest = &rest[end..];
+    }
+    page.push_str(rest);
+    let page = page.replace(r#"href="/static/"#, &format!(r#"href="{url}static/"#));
+    assert!(!page.contains("<script"));
+    let site = host(page, Duration::from_secs(60)).await;
+    let (_driver, client) = open_browser().await;
+    client.goto(&format!("{}/", site.origin)).await.unwrap();
+    let shown = js(
+        &client,
+        "const feed = document.getElementById('live-feed').shadowRoot; \
+         const trending = document.getElementById('live-trending').shadowRoot; \
+         return [feed.querySelectorAll('#feed li button.title').length, \
+                 trending.querySelectorAll('#trending li .momentum').length, \
+                 getComputedStyle(feed.getElementById('feed')).listStyleType]",
+    )
+    .await;
+    eprintln!("without scripts the page shows {shown}");
+    assert!(shown[0].as_u64().unwrap() >= 10, "feed rows: {shown}");
+    assert!(shown[1].as_u64().unwrap() >= 1, "trending rows: {shown}");
+    assert_eq!(
+        shown[2], "none",
+        "the elements' styles apply (bare: no frame): {shown}"
+    );
+    std::fs::write(
+        screenshot_path("live-page-before-scripts.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    client.close().await.unwrap();
+}
