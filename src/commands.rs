@@ -4,7 +4,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AllArgs, ConsumeArgs, DbArgs, DoctorArgs, ProduceArgs, ServeArgs};
+use crate::config::{AllArgs, ConsumeArgs, DbArgs, DoctorArgs, ProduceArgs, ServeArgs, TokenArgs};
 use crate::db::Database;
 use crate::doctor::{self, Verdict};
 use crate::pipeline::{Pipeline, Settings, page_url};
@@ -62,5 +62,15 @@ pub async fn doctor(args: &DoctorArgs) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} of {} checks failed", checks.len());
     }
+    Ok(())
+}
+
+/// `token`: prints a signed token valid for `--ttl`.
+pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let signer = crate::serve::tokens::Signer::from_settings(
+        args.jwt_secret.as_deref(),
+        args.jwt_private_key_file.as_deref(),
+    )?;
+    println!("{}", signer.mint(args.ttl, args.subject.as_deref())?);
     Ok(())
 }

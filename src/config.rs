@@ -36,6 +36,9 @@ pub enum Command {
     /// Check broker, topic, database, migrations, tables, consumer lag and the
     /// newest event; one line each, exit code 1 on any FAIL.
     Doctor(DoctorArgs),
+    /// Print a signed, short-lived token (JWT) for the page, the API and the
+    /// WebSocket, for tests and operators.
+    Token(TokenArgs),
 }
 
 /// Where the broker and the topic are.
@@ -458,6 +461,57 @@ pub struct ServerOptions {
     /// cross-origin (`*` for any) [default: no Origin check, no CORS].
     #[arg(long = "allowed-origins", env = "ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub allowed_origins: Option<String>,
+
+    /// Shared secret that signed tokens (JWT, HS256, `exp` required) are
+    /// checked with; they are accepted wherever the API token is, next to
+    /// it (mint one with `catlog-live token`) [default: no signed tokens].
+    #[arg(
+        long = "jwt-secret",
+        env = "LIVE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of the public key (RSA or P-256 EC) that signed tokens
+    /// (RS256 or ES256, `exp` required) are checked with [default: none].
+    #[arg(
+        long = "jwt-public-key-file",
+        env = "LIVE_JWT_PUBLIC_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub jwt_public_key_file: Option<PathBuf>,
+}
+
+/// Options of `token`: what signs, and for how long the token holds.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// How long the token is valid (30s, 10m; at most a day).
+    #[arg(long = "ttl", env = "LIVE_JWT_TTL", default_value = "10m", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Shared secret to sign with (HS256); the server's LIVE_JWT_SECRET.
+    #[arg(
+        long = "jwt-secret",
+        env = "LIVE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of a private key (RSA for RS256, P-256 EC for ES256) to sign
+    /// with, when there is no secret; the server holds its public key.
+    #[arg(
+        long = "jwt-private-key-file",
+        env = "LIVE_JWT_PRIVATE_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// The token's `sub` claim, to tell pages apart in logs [default: none].
+    #[arg(long = "subject", value_name = "TEXT")]
+    pub subject: Option<String>,
 }
 
 /// Options of `serve`. The broker is only asked for consumer lag; the group

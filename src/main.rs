@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
         Command::All(args) => commands::all(args, shutdown).await,
         Command::Migrate(args) => commands::migrate(args).await,
         Command::Doctor(args) => commands::doctor(args).await,
+        Command::Token(args) => commands::token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

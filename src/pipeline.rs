@@ -58,6 +58,8 @@ pub enum PipelineError {
     Produce(#[from] ProduceError),
     #[error("serve: {0}")]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Tokens(#[from] serve::tokens::KeyError),
 }
 
 /// Which stages run, and with what settings.
@@ -137,6 +139,8 @@ pub struct Pipeline {
     mirror: Option<GroupClient>,
     /// The page's address, bound.
     listener: Option<TcpListener>,
+    /// Who may use the server (its keys read at build), when it runs.
+    access: Option<Access>,
     /// A consumer's own `/metrics`, bound.
     metrics_listener: Option<TcpListener>,
 }
@@ -147,6 +151,11 @@ impl Pipeline {
         if let Some((options, _)) = &settings.produce {
             produce::catalog(options)?; // a bad catalog file fails before any connection
         }
+        // So do unreadable token keys.
+        let access = match &settings.serve {
+            Some(options) => Some(access(options)?),
+            None => None,
+        };
         let pool_size = settings.consume.as_ref().map_or(0, |_| CONSUMER_POOL_SIZE)
             + settings.serve.as_ref().map_or(0, |_| SERVER_POOL_SIZE);
         let db = if pool_size > 0 {
@@ -204,6 +213,7 @@ impl Pipeline {
             reader,
             mirror,
             listener,
+            access,
             metrics_listener,
         })
     }
@@ -244,7 +254,15 @@ impl Pipeline {
                 stop.clone()
             ),
             async {
-                let served = serve_stage(s, db, self.kafka.clone(), self.listener, stop.clone()).await;
+                let served = serve_stage(
+                    s,
+                    db,
+                    self.kafka.clone(),
+                    self.listener,
+                    self.access,
+                    stop.clone(),
+                )
+                .await;
                 stop_others_if_failed(&served);
                 served
             },
@@ -306,9 +324,12 @@ async fn serve_stage(
     db: Option<&(Database, Pool)>,
     kafka: Option<Broker>,
     listener: Option<TcpListener>,
+    access: Option<Access>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let (Some(options), Some((db, pool)), Some(listener)) = (&settings.serve, db, listener) else {
+    let (Some(options), Some((db, pool)), Some(listener), Some(access)) =
+        (&settings.serve, db, listener, access)
+    else {
         return Ok(());
     };
     let serve = ServeSettings {
@@ -318,7 +339,7 @@ async fn serve_stage(
             broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
             stalled_after: settings.group.stalled_after,
         },
-        access: Access::new(options.api_token.clone(), options.allowed_origins.as_deref()),
+        access,
         max_connections: options.max_connections as usize,
         http: serve::server::HttpSettings {
             limits: serve::head::HeadLimits {
@@ -332,6 +353,15 @@ async fn serve_stage(
     };
     serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
     Ok(())
+}
+
+/// The server's access settings, with its token keys read.
+fn access(options: &ServerOptions) -> Result<Access, serve::tokens::KeyError> {
+    let verifier = serve::tokens::Verifier::from_settings(
+        options.jwt_secret.as_deref(),
+        options.jwt_public_key_file.as_deref(),
+    )?;
+    Ok(Access::new(options.api_token.clone(), options.allowed_origins.as_deref()).with_verifier(verifier))
 }
 
 /// Binds `addr`, with an error that names the setting.

@@ -14,13 +14,19 @@
 //   client.addEventListener("state", (e) => say(e.detail.state));
 //   client.start();
 //
+// Embedding pages (catlog-live.js) also pass `token` (a function giving the
+// token to put in ?token= at each connect) and `prepare` (an async function
+// awaited before each connect: it may refresh the token, or answer a number
+// of milliseconds to wait before trying again, e.g. when not allowed).
+//
 // Events (CustomEvent, the message or the state in `detail`):
 //   state     {state: "connecting" | "live" | "recovering" | "resynced" | "offline",
 //              reconnect, missed (recovering: updates replayed so far),
 //              reason (resynced), retryInMs (connecting, offline)}
 //   update    an `update` message, once per id, ids rising
 //   snapshot  {message, reset}: reset when the view starts again from it
-//   trending, stats, anime, error, resumed: the server's message as it came
+//   trending, stats, anime, error, resumed, token: the server's message as it came
+//   closed    {code, reason}: a connection ended (4401: its token expired)
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
@@ -33,9 +39,12 @@ export class LiveClient extends EventTarget {
    * @param {number|null} [options.lastId] the newest update already shown
    *   (the server-rendered page's), or null to start from a snapshot
    */
-  constructor({ url, lastId = null, backoffMinMs = BACKOFF_MIN_MS, backoffMaxMs = BACKOFF_MAX_MS, offlineAfter = OFFLINE_AFTER_FAILURES }) {
+  constructor({ url, lastId = null, token = null, prepare = null, backoffMinMs = BACKOFF_MIN_MS, backoffMaxMs = BACKOFF_MAX_MS, offlineAfter = OFFLINE_AFTER_FAILURES }) {
     super();
     this.url = url;
+    this.token = token;
+    this.prepare = prepare;
+    this.preparing = false;
     this.applied = Number.isSafeInteger(lastId) && lastId >= 0 ? lastId : null;
     this.backoffMinMs = backoffMinMs;
     this.backoffMaxMs = backoffMaxMs;
@@ -50,7 +59,12 @@ export class LiveClient extends EventTarget {
     this.resyncReason = null;
     this.missed = 0;         // updates replayed in this recovery
     this.stopped = true;
-    this.onOnline = () => { if (!this.socket && !this.stopped) this.connect(); };
+    this.onOnline = () => { if (!this.socket && !this.preparing && !this.stopped) this.connect(); };
+  }
+
+  /** Before start: resume after `lastId`, the newest update the page already shows. */
+  resumeAfter(lastId) {
+    if (this.stopped && this.applied === null && Number.isSafeInteger(lastId) && lastId >= 0) this.applied = lastId;
   }
 
   /** The last update applied: the resume point (null before any). */
@@ -104,10 +118,32 @@ export class LiveClient extends EventTarget {
   connect() {
     clearTimeout(this.timer);
     this.timer = null;
-    if (this.stopped) return;
+    if (this.stopped || this.preparing) return;
+    if (!this.prepare) {
+      this.open();
+      return;
+    }
+    this.preparing = true;
+    Promise.resolve()
+      .then(() => this.prepare({ failures: this.failures, reconnect: this.wasLive }))
+      .then((wait) => {
+        this.preparing = false;
+        if (this.stopped) return;
+        if (typeof wait === "number") this.timer = setTimeout(() => this.connect(), wait);
+        else this.open();
+      }, (err) => {
+        this.preparing = false;
+        console.warn("cannot prepare the connection:", err && err.message ? err.message : err);
+        this.lost();
+      });
+  }
+
+  open() {
     const url = new URL(this.url, location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : url.protocol === "http:" ? "ws:" : url.protocol;
     if (this.applied !== null) url.searchParams.set("lastId", String(this.applied));
+    const token = this.token ? this.token() : null;
+    if (token) url.searchParams.set("token", token);
     this.live = false;
     this.missed = 0;
     this.awaitingReset = this.applied === null;
@@ -129,9 +165,10 @@ export class LiveClient extends EventTarget {
       if (ws === this.socket) this.onMessage(ev.data);
     });
     // "error" is always followed by "close": handle the first, once per socket.
-    const lost = () => {
+    const lost = (ev) => {
       if (ws !== this.socket) return;
       this.socket = null;
+      this.emit("closed", { code: ev && ev.code, reason: ev && ev.reason });
       this.lost();
     };
     ws.addEventListener("close", lost);

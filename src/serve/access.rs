@@ -1,14 +1,21 @@
-//! Who may use the server: an optional API token (for the page, `/api/*` and
-//! `/ws`) and an optional list of allowed origins (the WebSocket `Origin`
-//! check and CORS for the API). Health and metrics stay open.
+//! Who may use the server: an optional API token and signed, short-lived
+//! tokens ([`super::tokens`]) for the page, `/api/*` and `/ws`, and an
+//! optional list of allowed origins (the WebSocket `Origin` check and CORS
+//! for the API). Health, metrics and the static files (which hold no data)
+//! stay open; `/api/live/access` tells a page from anywhere whether it may
+//! have data, and why not.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use super::error::ApiError;
+use super::tokens::{self, Refused, Verifier};
+
+/// Refused origins remembered so each is logged once (a bound on memory).
+const REFUSED_REMEMBERED: usize = 1000;
 
 /// Access settings; the default lets everyone in.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +25,40 @@ pub struct Access {
     /// When set, the origins allowed to open the WebSocket and call the API
     /// cross-origin (`*` for any).
     pub allowed_origins: Option<Vec<String>>,
+    /// When set, signed tokens are accepted too (and a token is required).
+    pub verifier: Option<Verifier>,
+    /// Origins already logged as refused.
+    refused_logged: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What a request's credentials grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// No token needed, or the static one: no end.
+    Open,
+    /// A signed token: until it expires.
+    Until(tokens::Grant),
+}
+
+/// Why a request's credentials were not enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// None given where one is needed.
+    Missing,
+    /// A static token that does not match.
+    Wrong,
+    /// A signed token refused.
+    Token(Refused),
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("no token given"),
+            Self::Wrong => f.write_str("the token is not this server's"),
+            Self::Token(refused) => refused.fmt(f),
+        }
+    }
 }
 
 impl Access {
@@ -32,6 +73,52 @@ impl Access {
         Self {
             api_token: api_token.filter(|t| !t.is_empty()),
             allowed_origins: origins.filter(|o| !o.is_empty()),
+            verifier: None,
+            refused_logged: Arc::default(),
+        }
+    }
+
+    /// The same, also taking tokens `verifier` accepts.
+    pub fn with_verifier(self, verifier: Option<Verifier>) -> Self {
+        Self { verifier, ..self }
+    }
+
+    /// Whether requests need a token at all.
+    pub fn needs_token(&self) -> bool {
+        self.api_token.is_some() || self.verifier.is_some()
+    }
+
+    /// What `given` (the bearer or `?token=`) grants.
+    pub fn check(&self, given: Option<&str>) -> Result<Grant, Denied> {
+        if !self.needs_token() {
+            return Ok(Grant::Open);
+        }
+        let Some(given) = given.filter(|g| !g.is_empty()) else {
+            return Err(Denied::Missing);
+        };
+        if let Some(expected) = &self.api_token
+            && same_secret(given, expected)
+        {
+            return Ok(Grant::Open);
+        }
+        match &self.verifier {
+            Some(verifier) if tokens::looks_like_jwt(given) => {
+                verifier.verify(given).map(Grant::Until).map_err(Denied::Token)
+            }
+            _ => Err(Denied::Wrong),
+        }
+    }
+
+    /// Logs `origin` as refused, the first time only.
+    pub fn note_refused(&self, origin: &str) {
+        let Ok(mut logged) = self.refused_logged.lock() else {
+            return;
+        };
+        if logged.len() < REFUSED_REMEMBERED && logged.insert(origin.to_owned()) {
+            tracing::warn!(
+                origin,
+                "refused a page from {origin}: it is not in ALLOWED_ORIGINS (logged once per origin)"
+            );
         }
     }
 
@@ -58,39 +145,86 @@ fn same_secret(given: &str, expected: &str) -> bool {
             == 0
 }
 
-fn unauthorized() -> Rejection {
+fn unauthorized(denied: &Denied) -> Rejection {
     ApiError::reject(
         StatusCode::UNAUTHORIZED,
-        "this server needs its API token: send `Authorization: Bearer <token>` or add `?token=<token>`",
+        format!(
+            "this server needs a token ({denied}): send `Authorization: Bearer <token>` or add `?token=<token>`"
+        ),
     )
 }
 
 /// Passes requests that carry the token (or all, when there is none).
 pub fn authorized(access: Arc<Access>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    granted(access).map(|_| ()).untuple_one()
+}
+
+/// The token a request carries: the bearer, else `?token=`.
+fn given_token() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(
             warp::query::<HashMap<String, String>>()
                 .or(warp::any().map(HashMap::new))
                 .unify(),
         )
-        .and_then(move |header: Option<String>, query: HashMap<String, String>| {
-            let access = Arc::clone(&access);
-            async move {
-                let Some(expected) = &access.api_token else {
-                    return Ok(());
-                };
-                let bearer = header
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .map(str::trim);
-                let given = bearer.or(query.get("token").map(String::as_str));
-                match given {
-                    Some(token) if same_secret(token, expected) => Ok(()),
-                    _ => Err(unauthorized()),
-                }
-            }
+        .map(|header: Option<String>, mut query: HashMap<String, String>| {
+            let bearer = header
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned());
+            bearer.or_else(|| query.remove("token"))
         })
-        .untuple_one()
+}
+
+/// What the request's token grants; 401 naming why when it is not enough.
+pub fn granted(access: Arc<Access>) -> impl Filter<Extract = (Grant,), Error = Rejection> + Clone {
+    given_token().and_then(move |given: Option<String>| {
+        let checked = access.check(given.as_deref());
+        async move { checked.map_err(|denied| unauthorized(&denied)) }
+    })
+}
+
+/// `GET /api/live/access`: whether a page from this `Origin` with this
+/// token may have data, and why not; answered to any origin (it holds no
+/// data), so an embedded element can say "not allowed" in words.
+pub fn probe(
+    access: Arc<Access>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("origin").and(given_token()).map(
+        move |origin: Option<String>, given: Option<String>| {
+            let origin_allowed = access.origin_allowed(origin.as_deref());
+            if !origin_allowed && let Some(origin) = &origin {
+                access.note_refused(origin);
+            }
+            let checked = access.check(given.as_deref());
+            let reason = if !origin_allowed {
+                Some(format!(
+                    "this site ({}) may not show CatLog Live data",
+                    origin.as_deref().unwrap_or_default()
+                ))
+            } else {
+                checked.as_ref().err().map(|denied| match denied {
+                    Denied::Token(Refused::Expired) => "the token has expired".to_owned(),
+                    other => format!("a token is needed: {other}"),
+                })
+            };
+            let body = serde_json::json!({
+                "allowed": reason.is_none(),
+                "originAllowed": origin_allowed,
+                "tokenNeeded": access.needs_token(),
+                "tokenExpired": checked == Err(Denied::Token(Refused::Expired)),
+                "reason": reason,
+                "expiresInMs": match checked {
+                    Ok(Grant::Until(grant)) => Some(grant.remaining().as_millis() as u64),
+                    _ => None,
+                },
+            });
+            let reply = warp::reply::json(&body);
+            let reply = warp::reply::with_header(reply, "access-control-allow-origin", "*");
+            let reply = warp::reply::with_header(reply, "cache-control", "no-store");
+            warp::reply::Reply::into_response(reply)
+        },
+    )
 }
 
 /// Passes WebSocket upgrades from allowed origins.
@@ -98,6 +232,9 @@ pub fn origin_checked(access: Arc<Access>) -> impl Filter<Extract = (), Error = 
     warp::header::optional::<String>("origin")
         .and_then(move |origin: Option<String>| {
             let allowed = access.origin_allowed(origin.as_deref());
+            if !allowed && let Some(origin) = &origin {
+                access.note_refused(origin);
+            }
             async move {
                 if allowed {
                     Ok(())
@@ -143,6 +280,26 @@ mod tests {
         assert!(Access::new(None, Some("*")).origin_allowed(Some("https://any.example")));
         assert!(Access::new(None, None).origin_allowed(Some("https://any.example")));
         assert!(Access::new(Some(String::new()), Some(" , ")).api_token.is_none());
+    }
+
+    #[test]
+    fn static_and_signed_tokens_grant_and_refuse_in_words() {
+        let secret = "jwt-secret";
+        let verifier = Verifier::from_settings(Some(secret), None).unwrap();
+        let access = Access::new(Some("static".into()), None).with_verifier(verifier);
+        assert_eq!(access.check(Some("static")), Ok(Grant::Open));
+        assert_eq!(access.check(None), Err(Denied::Missing));
+        assert_eq!(access.check(Some("nope")), Err(Denied::Wrong));
+        let signer = tokens::Signer::secret(secret).unwrap();
+        let jwt = signer.mint(std::time::Duration::from_secs(60), None).unwrap();
+        assert!(matches!(access.check(Some(&jwt)), Ok(Grant::Until(_))));
+        let other = tokens::Signer::secret("other").unwrap();
+        let forged = other.mint(std::time::Duration::from_secs(60), None).unwrap();
+        assert_eq!(
+            access.check(Some(&forged)),
+            Err(Denied::Token(Refused::BadSignature))
+        );
+        assert_eq!(Access::default().check(None), Ok(Grant::Open));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::App;
 use super::error::ApiError;
 use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
-use super::page::{APP_CSS, APP_JS, FAVICON, IndexPage, LIVE_CLIENT_JS, TrendingView, UpdateView};
+use super::page::{
+    APP_CSS, APP_JS, FAVICON, IndexPage, LIVE_CLIENT_JS, TrendingView, UpdateView, WIDGET_CSS, WIDGET_JS,
+};
 use super::server::{self, Upgrade};
 use crate::store::{StoreError, history};
 
@@ -102,6 +104,7 @@ const WS_MAX_FRAME: usize = 1024 * 1024;
 /// JSON 503 over it), and hands the socket to [`super::ws::run`]; a bad
 /// `lastId` is a 400 before the upgrade.
 pub async fn websocket(
+    grant: super::access::Grant,
     key: String,
     upgrade: Upgrade,
     query: HashMap<String, String>,
@@ -127,6 +130,7 @@ pub async fn websocket(
     let App {
         hub,
         pool,
+        access,
         sockets,
         resume_max_updates,
         ..
@@ -134,12 +138,13 @@ pub async fn websocket(
     let start = super::ws::Start {
         resume,
         resume_max_updates,
+        grant,
     };
     server::spawn_socket(
         &sockets,
         on_upgrade,
         server::socket_config(WS_MAX_FRAME),
-        move |socket| super::ws::run(socket, connection, hub, pool, start, shutdown),
+        move |socket| super::ws::run(socket, connection, hub, pool, access, start, shutdown),
     );
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
@@ -217,16 +222,20 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-/// `GET /static/{file}`.
+/// `GET /static/{file}`. Open to every origin: the files hold no data, and
+/// a page elsewhere fetches the widget's module and styles with CORS.
 pub async fn asset(file: String) -> Result<impl Reply, Rejection> {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "live-client.js" => (LIVE_CLIENT_JS, "text/javascript; charset=utf-8"),
+        "catlog-live.js" => (WIDGET_JS, "text/javascript; charset=utf-8"),
+        "catlog-live.css" => (WIDGET_CSS, "text/css; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return Err(ApiError::not_found(format!("no static file {file:?}"))),
     };
     let reply = warp::reply::with_header(body, "content-type", kind);
+    let reply = warp::reply::with_header(reply, "access-control-allow-origin", "*");
     Ok(warp::reply::with_header(
         reply,
         "cache-control",

@@ -9,7 +9,8 @@
 //!   [`models`] (the JSON), [`page`] (the HTML), [`error`] (every failure
 //!   as JSON).
 //! * [`trending`] ranks anime by momentum.
-//! * [`access`] checks the API token and the allowed origins.
+//! * [`access`] checks the API token, signed tokens ([`tokens`]) and the
+//!   allowed origins.
 //!
 //! What it reads from PostgreSQL comes through [`crate::store`].
 
@@ -24,6 +25,7 @@ pub mod models;
 pub mod page;
 pub mod routes;
 pub mod server;
+pub mod tokens;
 pub mod trending;
 pub mod ws;
 

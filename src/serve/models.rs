@@ -145,6 +145,15 @@ pub enum ServerMessage {
     Resync {
         reason: String,
     },
+    /// The answer to a signed token (at connect, and to each in-band
+    /// `token`): whether it was taken, for how long the connection now
+    /// holds (`null`: no end), and why not.
+    Token {
+        accepted: bool,
+        expires_in_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     Error {
         error: String,
     },
@@ -167,9 +176,19 @@ impl ServerMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase")]
 pub enum ClientMessage {
-    Subscribe { mal_id: i64 },
-    Unsubscribe { mal_id: i64 },
-    Resume { last_id: i64 },
+    Subscribe {
+        mal_id: i64,
+    },
+    Unsubscribe {
+        mal_id: i64,
+    },
+    Resume {
+        last_id: i64,
+    },
+    /// A fresh token for this connection, before the one it has expires.
+    Token {
+        token: String,
+    },
 }
 
 /// `GET /api/live/updates`.
@@ -198,6 +217,13 @@ mod tests {
         let resume: ClientMessage = serde_json::from_str(r#"{"type":"resume","lastId":1042}"#).unwrap();
         assert_eq!(resume, ClientMessage::Resume { last_id: 1042 });
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
+        let token: ClientMessage = serde_json::from_str(r#"{"type":"token","token":"a.b.c"}"#).unwrap();
+        assert_eq!(
+            token,
+            ClientMessage::Token {
+                token: "a.b.c".into()
+            }
+        );
     }
 
     #[test]
@@ -233,6 +259,13 @@ mod tests {
             update.starts_with(r#"{"type":"update","id":7,"eventId":"0193a8f2-7c1e-7d3a-9f00-0123456789ab","event":{"malId":1,"#),
             "{update}"
         );
+        let token = ServerMessage::Token {
+            accepted: true,
+            expires_in_ms: Some(60_000),
+            reason: None,
+        }
+        .to_json();
+        assert_eq!(token, r#"{"type":"token","accepted":true,"expiresInMs":60000}"#);
         let stats = ServerMessage::Stats(Stats::default()).to_json();
         assert!(
             stats.starts_with(r#"{"type":"stats","connections":0,"rooms":0,"eventsLastMinute":0"#),

@@ -1,5 +1,7 @@
-//! The live page, rendered on the server (askama), and its static files,
-//! compiled into the binary so it runs from any directory.
+//! The live page, rendered on the server (askama) from the elements any
+//! page can embed (their shadow roots as declarative shadow DOM, the markup
+//! `static/catlog-live.js` renders too), and its static files, compiled
+//! into the binary so it runs from any directory.
 
 use askama::Template;
 
@@ -10,6 +12,10 @@ use crate::event::{EventType, Measure};
 pub const APP_JS: &str = include_str!("../../static/app.js");
 /// `static/live-client.js`, the WebSocket client `app.js` imports.
 pub const LIVE_CLIENT_JS: &str = include_str!("../../static/live-client.js");
+/// `static/catlog-live.js`, the embeddable elements (it imports `live-client.js`).
+pub const WIDGET_JS: &str = include_str!("../../static/catlog-live.js");
+/// `static/catlog-live.css`, the elements' styles (inside their shadow roots).
+pub const WIDGET_CSS: &str = include_str!("../../static/catlog-live.css");
 /// `static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
 /// `static/favicon.svg`, also served as `/favicon.ico`.
@@ -25,9 +31,6 @@ pub struct IndexPage {
     pub token_query: String,
     /// Event type → the word the page shows, as JSON for the script.
     pub type_labels: String,
-    /// The empty rows the script fills for live updates.
-    pub blank_update: UpdateView,
-    pub blank_trending: TrendingView,
 }
 
 impl IndexPage {
@@ -48,8 +51,6 @@ impl IndexPage {
             last_id,
             token_query,
             type_labels: serde_json::Value::Object(labels).to_string(),
-            blank_update: UpdateView::default(),
-            blank_trending: TrendingView::default(),
         }
     }
 }

@@ -180,21 +180,30 @@ pub fn routes(
         .and(warp::path::end())
         .and(get())
         .and_then(|| handlers::asset("favicon.svg".to_owned()));
+    let probe = warp::path!("api" / "live" / "access")
+        .and(get())
+        .and(access::probe(Arc::clone(&app.access)));
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(get())
-        .and(auth)
         .and(access::origin_checked(Arc::clone(&app.access)))
+        .and(access::granted(Arc::clone(&app.access)))
         .and(upgrade_request())
         .and(query())
         .and(with_app(app))
         .and_then(
-            move |key: String, upgrade: Upgrade, query: HashMap<String, String>, app: App| {
-                handlers::websocket(key, upgrade, query, app, shutdown.clone())
+            move |grant: access::Grant,
+                  key: String,
+                  upgrade: Upgrade,
+                  query: HashMap<String, String>,
+                  app: App| {
+                handlers::websocket(grant, key, upgrade, query, app, shutdown.clone())
             },
         );
 
     refused()
+        .or(probe)
+        .unify()
         .or(api)
         .unify()
         .or(healthz)

@@ -20,6 +20,10 @@
 //! then; pings and the server's stop come through the same broadcasts
 //! ([`heartbeat`]), so a connection waits on two things only: the hub and
 //! its socket.
+//!
+//! A connection opened with a signed token holds until the token expires:
+//! the client sends a fresh one in band (`{"type":"token"}`) before then,
+//! or the connection is closed with [`tokens::EXPIRED_CLOSE_CODE`].
 
 use std::collections::HashSet;
 use std::io::IoSlice;
@@ -33,12 +37,16 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use super::access::{Access, Grant};
 use super::frame::Frame;
 use super::hub::{Broadcast, Connection, Hub};
 use super::models::{AnimeDetail, ClientMessage, ServerMessage, Update};
 use super::server::Socket;
+use super::tokens;
 use crate::store::history;
 
 /// Largest client message accepted, in bytes (larger ones get an `error`).
@@ -68,6 +76,8 @@ pub struct Start {
     pub resume: Option<i64>,
     /// `RESUME_MAX_UPDATES`.
     pub resume_max_updates: i64,
+    /// What the handshake's token granted.
+    pub grant: Grant,
 }
 
 struct Peer {
@@ -93,6 +103,10 @@ struct Peer {
     heard: Instant,
     /// The server stops, or the client went silent: close.
     closing: bool,
+    /// Checks in-band tokens.
+    access: Arc<Access>,
+    /// When the connection's token runs out (`None`: never).
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Why a connection ends.
@@ -233,12 +247,59 @@ impl Peer {
                 Ok(())
             }
             Ok(ClientMessage::Resume { last_id }) => self.resume(last_id).await,
+            Ok(ClientMessage::Token { token }) => {
+                self.refresh(&token);
+                Ok(())
+            }
             Err(e) => {
                 let error = format!(
-                    "cannot read that message ({e}); expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"malId\":N}} or {{\"type\":\"resume\",\"lastId\":N}}"
+                    "cannot read that message ({e}); expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"malId\":N}}, {{\"type\":\"resume\",\"lastId\":N}} or {{\"type\":\"token\",\"token\":\"…\"}}"
                 );
                 self.send_json(ServerMessage::error(error));
                 Ok(())
+            }
+        }
+    }
+
+    /// Takes what the connection's credentials grant: an end, or none.
+    fn grant(&mut self, grant: Grant) {
+        self.expires = match grant {
+            Grant::Open => None,
+            Grant::Until(until) => Some(tokio::time::Instant::now() + until.remaining()),
+        };
+        if let Grant::Until(until) = grant {
+            self.send_json(ServerMessage::Token {
+                accepted: true,
+                expires_in_ms: Some(until.remaining().as_millis() as u64),
+                reason: None,
+            });
+        }
+    }
+
+    /// An in-band token: a new end for this connection, or, refused, the
+    /// old end stays and the client is told why.
+    fn refresh(&mut self, token: &str) {
+        match self.access.check(Some(token)) {
+            // The static token (or none needed): no end.
+            Ok(Grant::Open) => {
+                self.expires = None;
+                self.send_json(ServerMessage::Token {
+                    accepted: true,
+                    expires_in_ms: None,
+                    reason: None,
+                });
+            }
+            Ok(grant) => self.grant(grant),
+            Err(denied) => {
+                let left = self.expires.map(|at| {
+                    at.saturating_duration_since(tokio::time::Instant::now())
+                        .as_millis() as u64
+                });
+                self.send_json(ServerMessage::Token {
+                    accepted: false,
+                    expires_in_ms: left,
+                    reason: Some(denied.to_string()),
+                });
             }
         }
     }
@@ -388,6 +449,7 @@ pub async fn run(
     connection: Connection,
     hub: Arc<Hub>,
     pool: Pool,
+    access: Arc<Access>,
     start: Start,
     shutdown: CancellationToken,
 ) {
@@ -407,7 +469,11 @@ pub async fn run(
         owes_pong: false,
         heard: Instant::now(),
         closing: false,
+        access,
+        expires: None,
     };
+    // How long the token holds comes first, so the client can plan its refresh.
+    peer.grant(start.grant);
     let mut result = match start.resume {
         None => {
             peer.snapshot();
@@ -428,7 +494,9 @@ pub async fn run(
     // process, not one per connection); a stop that came before this
     // connection subscribed is seen here.
     peer.closing |= shutdown.is_cancelled();
+    let mut expired = false;
     while result.is_ok() && !peer.closing {
+        let expires = peer.expires;
         result = tokio::select! {
             // In this order, without drawing a random one each time.
             biased;
@@ -468,14 +536,33 @@ pub async fn run(
                 }
                 _ => Err(Closed),
             },
+            () = until(expires) => {
+                expired = true;
+                Err(Closed)
+            }
         };
     }
     peer.publish_counts();
     for mal_id in peer.rooms.drain() {
         peer.hub.leave_room(mal_id);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(None)).await;
+    let close = expired.then(|| CloseFrame {
+        code: CloseCode::from(tokens::EXPIRED_CLOSE_CODE),
+        reason: tokens::EXPIRED_CLOSE_REASON.into(),
+    });
+    if expired {
+        tracing::info!("a client's token expired unrefreshed; closing its connection");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(close)).await;
     drop(connection);
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The process's one heartbeat: a ping for every client each

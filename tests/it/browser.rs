@@ -33,7 +33,7 @@ fn chromedriver(port: u16) -> Proc {
 
 /// A headless Chromium of the test's own, and the chromedriver driving it
 /// (which must live as long as the browser is used).
-async fn open_browser() -> (Proc, Client) {
+pub(crate) async fn open_browser() -> (Proc, Client) {
     let port = free_port();
     let driver = chromedriver(port);
     (driver, browser(port).await)
@@ -79,7 +79,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
 }
 
 /// Errors the page's console showed since the last call.
-async fn console_errors(client: &Client) -> Vec<String> {
+pub(crate) async fn console_errors(client: &Client) -> Vec<String> {
     let log = client.issue_cmd(BrowserLog).await.unwrap_or(Value::Null);
     log.as_array()
         .into_iter()
@@ -105,7 +105,7 @@ async fn wait_js_for(client: &Client, within: Duration, what: &str, script: &str
         if Instant::now() >= deadline {
             let seen = client
                 .execute(
-                    "return document.getElementById('status').outerHTML + ' feed=' + document.querySelectorAll('#feed li').length",
+                    "return document.getElementById('status').outerHTML + ' feed=' + document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li').length",
                     vec![],
                 )
                 .await
@@ -116,11 +116,18 @@ async fn wait_js_for(client: &Client, within: Duration, what: &str, script: &str
     }
 }
 
-async fn js(client: &Client, script: &str) -> Value {
+/// The element `css` finds inside the shadow root of the element `host` finds.
+async fn in_shadow(client: &Client, host: &str, css: &str) -> fantoccini::elements::Element {
+    let host = client.find(Locator::Css(host)).await.unwrap();
+    let root = host.shadow_root().await.unwrap();
+    root.find(Locator::Css(css)).await.unwrap()
+}
+
+pub(crate) async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap()
 }
 
-fn screenshot_path(name: &str) -> PathBuf {
+pub(crate) fn screenshot_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("screenshots");
@@ -155,42 +162,42 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
     let status_text = js(&client, "return document.getElementById('status').textContent").await;
     assert_eq!(status_text, "Live");
 
-    let first = js(&client, "return document.querySelectorAll('#feed li').length")
-        .await
-        .as_u64()
-        .unwrap();
+    let first = js(
+        &client,
+        "return document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li').length",
+    )
+    .await
+    .as_u64()
+    .unwrap();
     wait_js(
         &client,
         "the feed to grow",
-        &format!("return document.querySelectorAll('#feed li').length > {first} + 2"),
+        &format!("return document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li').length > {first} + 2"),
     )
     .await;
     wait_js(
         &client,
         "a trending list",
-        "return document.querySelectorAll('#trending li').length > 0",
+        "return document.getElementById('live-trending').shadowRoot.querySelectorAll('#trending li').length > 0",
     )
     .await;
 
     // Follow the newest anime in the feed.
-    let link = client
-        .find(Locator::Css("#feed li button.anime-link"))
-        .await
-        .unwrap();
+    let link = in_shadow(&client, "#live-feed", "#feed li button.title").await;
     let title = link.text().await.unwrap();
     link.click().await.unwrap();
     wait_js(&client, "the anime panel",
-        "const p = document.getElementById('anime-panel'); return !p.hidden && document.getElementById('anime-title').textContent !== 'Loading…'").await;
+        "const p = document.getElementById('anime-panel'); return !p.hidden && document.getElementById('anime').shadowRoot.getElementById('anime-title').textContent !== 'Loading…'").await;
     assert_eq!(
         js(
             &client,
-            "return document.getElementById('anime-title').textContent"
+            "return document.getElementById('anime').shadowRoot.getElementById('anime-title').textContent"
         )
         .await,
         title
     );
     wait_js(&client, "the chart's two lines",
-        "return document.querySelectorAll('#anime-chart path.line.score, #anime-chart path.line.members').length === 2").await;
+        "return document.getElementById('anime').shadowRoot.querySelectorAll('#anime-chart path.line.score, #anime-chart path.line.members').length === 2").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     std::fs::write(
         screenshot_path("live-page.png"),
@@ -229,7 +236,7 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
     .await;
     let before = js(
         &client,
-        "return Math.max(...[...document.querySelectorAll('#feed li')].map(li => Number(li.dataset.id)))",
+        "return Math.max(...[...document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li')].map(li => Number(li.dataset.id)))",
     )
     .await;
     let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
@@ -249,7 +256,7 @@ async fn live_page_connects_streams_and_follows_an_anime_in_chromium() {
         &client,
         "new updates after the reconnect",
         &format!(
-            "return [...document.querySelectorAll('#feed li')].some(li => Number(li.dataset.id) > {before})"
+            "return [...document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li')].some(li => Number(li.dataset.id) > {before})"
         ),
     )
     .await;
@@ -287,7 +294,7 @@ async fn the_indicator_says_stale_when_events_stop_and_live_when_they_come_back(
     wait_js(
         &client,
         "the ten events in the feed",
-        "return document.querySelectorAll('#feed li').length === 10",
+        "return document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li').length === 10",
     )
     .await;
     wait_js(
@@ -332,7 +339,7 @@ async fn on_a_phone_trending_is_one_tap_away_and_everything_can_be_tapped() {
     wait_js(
         &client,
         "a trending list",
-        "return document.querySelectorAll('#trending li').length > 3",
+        "return document.getElementById('live-trending').shadowRoot.querySelectorAll('#trending li').length > 3",
     )
     .await;
     let shown =
@@ -355,14 +362,15 @@ async fn on_a_phone_trending_is_one_tap_away_and_everything_can_be_tapped() {
     assert_eq!(js(&client, &shown("feed-section")).await, false);
     let top = js(
         &client,
-        "return document.getElementById('trending').getBoundingClientRect().top < window.innerHeight / 2",
+        "return document.getElementById('live-trending').getBoundingClientRect().top < window.innerHeight / 2",
     )
     .await;
     assert_eq!(top, true, "one tap puts the list on screen, not fifty rows down");
 
     let small = js(
         &client,
-        "return [...document.querySelectorAll('.tab, #trending .anime-link, #anime-close')] \
+        "return [...document.querySelectorAll('.tab, #anime-close'), \
+                 ...document.getElementById('live-trending').shadowRoot.querySelectorAll('#trending button.title')] \
            .filter(b => b.getBoundingClientRect().height > 0) \
            .filter(b => b.getBoundingClientRect().height < 44) \
            .map(b => b.textContent.trim() + ' ' + b.getBoundingClientRect().height)",
@@ -406,39 +414,37 @@ async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
     wait_js(
         &client,
         "a trending list with a leader",
-        "const top = document.querySelector('#trending li:first-child .momentum'); \
+        "const top = document.getElementById('live-trending').shadowRoot.querySelector('#trending li:first-child .momentum'); \
          return top !== null && Number(top.textContent) >= 2",
     )
     .await;
     let started = Instant::now();
-    client
-        .find(Locator::Css("#trending li:first-child .anime-link"))
+    in_shadow(&client, "#live-trending", "#trending li:first-child button.title")
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
     wait_js(
         &client,
         "the panel",
-        "return document.getElementById('anime-title').textContent !== 'Loading…'",
+        "return document.getElementById('anime').shadowRoot.getElementById('anime-title').textContent !== 'Loading…'",
     )
     .await;
     let title = js(
         &client,
-        "return document.getElementById('anime-title').textContent",
+        "return document.getElementById('anime').shadowRoot.getElementById('anime-title').textContent",
     )
     .await;
     wait_js_for(
         &client,
         Duration::from_secs(60),
         &format!("two points in the chart of {title}"),
-        "return document.querySelectorAll('#anime-chart circle.dot').length >= 2",
+        "return document.getElementById('anime').shadowRoot.querySelectorAll('#anime-chart circle.dot').length >= 2",
     )
     .await;
     let title = js(
         &client,
-        "return document.getElementById('anime-title').textContent",
+        "return document.getElementById('anime').shadowRoot.getElementById('anime-title').textContent",
     )
     .await;
     eprintln!(
@@ -447,7 +453,7 @@ async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
     );
     let legend = js(
         &client,
-        "return [...document.querySelectorAll('#anime-chart text')].map(t => t.textContent).join(' | ')",
+        "return [...document.getElementById('anime').shadowRoot.querySelectorAll('#anime-chart text')].map(t => t.textContent).join(' | ')",
     )
     .await;
     let legend = legend.as_str().unwrap_or_default();
@@ -455,7 +461,11 @@ async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
         legend.contains("Score") && legend.contains("Members"),
         "labelled: {legend}"
     );
-    let unit = js(&client, "return document.getElementById('anime-sub').textContent").await;
+    let unit = js(
+        &client,
+        "return document.getElementById('anime').shadowRoot.getElementById('anime-sub').textContent",
+    )
+    .await;
     assert!(unit.as_str().unwrap_or_default().contains("MAL #"), "{unit}");
 
     // The rest of the first minute, then what a person sees.
@@ -463,7 +473,7 @@ async fn following_the_top_trending_title_shows_its_story_within_a_minute() {
     tokio::time::sleep(rest).await;
     let points = js(
         &client,
-        "return document.querySelectorAll('#anime-chart circle.dot').length",
+        "return document.getElementById('anime').shadowRoot.querySelectorAll('#anime-chart circle.dot').length",
     )
     .await;
     eprintln!("{title}: {points} points in its chart after a minute");
@@ -500,13 +510,13 @@ async fn a_movement_arrow_appears_in_the_trending_list() {
         &client,
         Duration::from_secs(180),
         "a ▲ or ▼ in the trending list",
-        "return document.querySelectorAll('#trending .movement.up, #trending .movement.down').length > 0",
+        "return document.getElementById('live-trending').shadowRoot.querySelectorAll('#trending .movement.up, #trending .movement.down').length > 0",
     )
     .await;
     eprintln!("first movement arrow after {:?}", started.elapsed());
     let label = js(
         &client,
-        "return document.querySelector('#trending .movement.up, #trending .movement.down').getAttribute('aria-label')",
+        "return document.getElementById('live-trending').shadowRoot.querySelector('#trending .movement.up, #trending .movement.down').getAttribute('aria-label')",
     )
     .await;
     assert!(
@@ -554,7 +564,7 @@ async fn the_page_loses_its_connection_twice_during_a_replay_and_still_shows_eve
         "window.rowsShown = []; \
          new MutationObserver((changes) => { for (const c of changes) for (const n of c.addedNodes) \
            if (n.dataset && n.dataset.id) window.rowsShown.push(Number(n.dataset.id)); }) \
-           .observe(document.getElementById('feed'), { childList: true }); return true;",
+           .observe(document.getElementById('live-feed').shadowRoot.getElementById('feed'), { childList: true }); return true;",
     )
     .await;
     wait_js(&client, "live rows", "return window.rowsShown.length >= 5").await;
@@ -623,7 +633,7 @@ async fn the_page_loses_its_connection_twice_during_a_replay_and_still_shows_eve
     assert_eq!(shown, history, "every update once, in order");
     let duplicates = js(
         &client,
-        "const ids = [...document.querySelectorAll('#feed li')].map((li) => li.dataset.id); \
+        "const ids = [...document.getElementById('live-feed').shadowRoot.querySelectorAll('#feed li')].map((li) => li.dataset.id); \
          return ids.length - new Set(ids).size",
     )
     .await;

@@ -155,3 +155,60 @@ async fn all_prints_its_url_and_stops_cleanly_on_sigterm() {
         assert!(log.contains(stage), "{stage} missing from:\n{log}");
     }
 }
+
+#[test]
+fn token_prints_a_signed_token_the_server_accepts() {
+    let out = run(&["token", "--ttl", "10m"], &[("LIVE_JWT_SECRET", "cli-secret")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let verifier = catlog_live::serve::tokens::Verifier::from_settings(Some("cli-secret"), None)
+        .unwrap()
+        .unwrap();
+    let left = verifier.verify(&token).unwrap().remaining();
+    assert!(left > std::time::Duration::from_secs(590), "{left:?}");
+
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let private = keys.join("ec-private.pem");
+    let out = run(
+        &[
+            "token",
+            "--ttl",
+            "30s",
+            "--jwt-private-key-file",
+            private.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let verifier =
+        catlog_live::serve::tokens::Verifier::from_settings(None, Some(&keys.join("ec-public.pem")))
+            .unwrap()
+            .unwrap();
+    assert!(verifier.verify(&token).is_ok(), "ES256 from the private key file");
+}
+
+#[test]
+fn token_settings_that_cannot_work_are_one_line_naming_them() {
+    assert_one_line_error(
+        &run(&["token"], &[]),
+        &["LIVE_JWT_SECRET", "LIVE_JWT_PRIVATE_KEY_FILE"],
+    );
+    assert_one_line_error(
+        &run(&["token", "--ttl", "forever"], &[("LIVE_JWT_SECRET", "x")]),
+        &["--ttl", "LIVE_JWT_TTL"],
+    );
+    assert_one_line_error(
+        &run(&["token", "--jwt-private-key-file", "/nonexistent/key.pem"], &[]),
+        &["LIVE_JWT_PRIVATE_KEY_FILE", "/nonexistent/key.pem"],
+    );
+    // A server with a key it cannot read says so before it connects anywhere.
+    assert_one_line_error(
+        &run(
+            &["serve", "--jwt-public-key-file", "/nonexistent/public.pem"],
+            &[],
+        ),
+        &["LIVE_JWT_PUBLIC_KEY_FILE", "/nonexistent/public.pem"],
+    );
+}

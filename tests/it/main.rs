@@ -9,6 +9,7 @@ mod cli;
 mod compose;
 mod crash_safety;
 mod doctor;
+mod embed;
 mod faults;
 mod hangs;
 mod hostile;

@@ -251,3 +251,99 @@ async fn kafka_mutual_tls_with_a_client_certificate() {
     );
     drop(consumer);
 }
+
+#[tokio::test]
+async fn signed_tokens_open_the_websocket_refresh_in_band_and_expire_with_4401() {
+    use catlog_live::serve::tokens::Signer;
+    use common::stack::send;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SECRET: &str = "ws-secret";
+    let stack = Stack::start_with(1, Duration::from_secs(30), &["--jwt-secret", SECRET]).await;
+    let signer = Signer::secret(SECRET).unwrap();
+    let url = format!("ws://{}/ws", stack.addr);
+
+    // Refused at the door: none, a forged one, an expired one, each saying why.
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+    let forged = Signer::secret("not-ours")
+        .unwrap()
+        .mint(Duration::from_secs(60), None)
+        .unwrap();
+    let response = reqwest::get(stack.url(&format!("/api/live/stats?token={forged}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("signature"), "{body}");
+
+    // What a page asks before it connects: answered to any origin.
+    let probe = reqwest::Client::new()
+        .get(stack.url("/api/live/access"))
+        .header("origin", "https://any.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.headers()["access-control-allow-origin"], "*");
+    let probe: serde_json::Value = probe.json().await.unwrap();
+    assert_eq!(probe["allowed"], false, "{probe}");
+    assert_eq!(probe["tokenNeeded"], true, "{probe}");
+    let good = signer.mint(Duration::from_secs(60), None).unwrap();
+    let probe: serde_json::Value = reqwest::get(stack.url(&format!("/api/live/access?token={good}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(probe["allowed"], true, "{probe}");
+    // The module and its styles load from anywhere.
+    for path in [
+        "/static/catlog-live.js",
+        "/static/catlog-live.css",
+        "/static/live-client.js",
+    ] {
+        let response = reqwest::get(stack.url(path)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        assert_eq!(response.headers()["access-control-allow-origin"], "*", "{path}");
+    }
+
+    // A short token: the server says how long it holds.
+    let short = signer.mint(Duration::from_secs(1), None).unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={short}"))
+        .await
+        .unwrap();
+    let told = next_of(&mut ws, "token", Duration::from_secs(10)).await;
+    assert_eq!(told["accepted"], true, "{told}");
+    let left = told["expiresInMs"].as_u64().unwrap();
+    assert!(left <= 6_000, "{told}");
+
+    // A forged refresh is refused in words; the connection keeps its end.
+    send(&mut ws, serde_json::json!({"type": "token", "token": forged})).await;
+    let refused = next_of(&mut ws, "token", Duration::from_secs(10)).await;
+    assert_eq!(refused["accepted"], false, "{refused}");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("signature"),
+        "{refused}"
+    );
+    // A good one moves the end.
+    let fresh = signer.mint(Duration::from_secs(2), None).unwrap();
+    send(&mut ws, serde_json::json!({"type": "token", "token": fresh})).await;
+    let moved = next_of(&mut ws, "token", Duration::from_secs(10)).await;
+    assert_eq!(moved["accepted"], true, "{moved}");
+
+    // Left unrefreshed, it is closed with 4401, "token expired".
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("the connection ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed once the token expires")
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4401);
+    assert_eq!(close.reason.as_str(), "token expired");
+}

@@ -172,12 +172,19 @@ async fn page_is_rendered_on_the_server_with_updates_and_trending() {
     assert!(html.contains("Steins;Gate"));
     assert!(html.contains(r#"id="feed""#) && html.contains(r#"aria-live="polite""#));
     assert!(html.contains(r#"id="trending""#));
+    // Built from the elements, their shadow roots rendered in the page.
+    for element in ["<catlog-live-feed", "<catlog-live-trending", "<catlog-live-anime"] {
+        assert!(html.contains(element), "{element} missing from the page");
+    }
+    assert_eq!(html.matches(r#"<template shadowrootmode="open">"#).count(), 2);
     assert!(html.contains("125,000"), "members formatted for people");
 
     for (path, kind) in [
         ("/static/app.js", "javascript"),
         ("/static/live-client.js", "javascript"),
         ("/static/app.css", "css"),
+        ("/static/catlog-live.js", "javascript"),
+        ("/static/catlog-live.css", "css"),
     ] {
         let response = reqwest::get(stack.url(path)).await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
