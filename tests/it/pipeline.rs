@@ -418,3 +418,61 @@ async fn a_standalone_consumer_exposes_its_metrics() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn titles_and_times_are_stored_exactly_as_sent() {
+    let topic = TestTopic::new(1).await;
+    let db = TestDb::new();
+    // What a CSV or text encoding could trip on: quotes, commas, line
+    // breaks, a line that is only `\.`, backslashes, tabs, any script.
+    let titles = [
+        "Say \"I love you\"",
+        "Re:Zero, Starting Life",
+        "Two\nlines",
+        "before\n\\.\nafter",
+        "C:\\path\\to\tanime",
+        "進撃の巨人 — ½ 🎉",
+        ",",
+    ];
+    let records = titles
+        .iter()
+        .enumerate()
+        .map(|(i, title)| {
+            let json = serde_json::json!({
+                "malId": 100 + i,
+                "title": title,
+                "eventType": "SCORE_UPDATE",
+                "currentScore": "8.75",
+                "popularityChange": "-0.05",
+                "timestamp": format!("2025-08-14T18:30:0{i}.123456Z"),
+            });
+            (Some(b"k".to_vec()), Some(json.to_string().into_bytes()))
+        })
+        .collect();
+    topic.publish_raw(0, records).await;
+    let consumer = consumer(&topic, &db);
+    wait_for_rows(
+        &db,
+        "SELECT count(*) FROM popularity_events",
+        titles.len() as i64,
+        &consumer,
+    )
+    .await;
+
+    let client = db.connect().await;
+    let stored = client
+        .query(
+            "SELECT title, popularity_change::text, event_time = '2025-08-14T18:30:00.123456Z'::timestamptz \
+                    + (mal_id - 100) * interval '1 second' \
+             FROM popularity_events ORDER BY mal_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = stored.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, titles);
+    for row in &stored {
+        assert_eq!(row.get::<_, String>(1), "-0.05");
+        assert!(row.get::<_, bool>(2), "the time to the microsecond");
+    }
+}
