@@ -177,6 +177,11 @@ pub const DEFAULT_KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/catlog";
 /// `CONSUMER_GROUP_ID` when none is given.
 pub const DEFAULT_GROUP_ID: &str = "catlog-live";
+/// The default of `CONSUMER_STALLED_AFTER`: records waiting and no commit
+/// for this long, and the partition is stalled. The consumer's session
+/// timeout's default, so a member that froze has been replaced by the time
+/// a partition reads as stalled, unless no live member is left.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
@@ -325,7 +330,7 @@ impl Default for GroupArgs {
     fn default() -> Self {
         Self {
             group_id: DEFAULT_GROUP_ID.to_owned(),
-            stalled_after: crate::lag::STALLED_AFTER,
+            stalled_after: STALLED_AFTER,
         }
     }
 }

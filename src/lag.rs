@@ -26,12 +26,6 @@ use crate::kafka::{Broker, KafkaError, LogCheck, Partition};
 use crate::store::StoreError;
 use crate::store::positions::{self, Position};
 
-/// The default of `CONSUMER_STALLED_AFTER`: records waiting and no commit
-/// for this long, and the partition is stalled. The consumer's session
-/// timeout's default, so a member that froze
-/// has been replaced by the time a partition reads as stalled, unless no
-/// live member is left.
-pub const STALLED_AFTER: Duration = Duration::from_secs(30);
 /// How often [`watch`] measures.
 pub const MEASURE_EVERY: Duration = Duration::from_secs(5);
 

@@ -301,7 +301,7 @@ async fn consume_stage(
     let _metrics = metrics_listener.map(|listener| {
         AbortOnDropHandle::new(tokio::spawn(crate::metrics::serve_alone(listener, stop.clone())))
     });
-    let _maintenance = AbortOnDropHandle::new(tokio::spawn(crate::store::partitions::maintain(
+    let _maintenance = AbortOnDropHandle::new(tokio::spawn(crate::store::upkeep::maintain(
         pool.clone(),
         options.retention_days,
         stop.clone(),

@@ -11,6 +11,7 @@
 //! * [`partitions`] — the history's daily partitions, made ahead of time,
 //!   and its size.
 //! * [`retention`] — removing old history.
+//! * [`upkeep`] — both, and the history's size as metrics, once a minute.
 //!
 //! Two names tie writers and readers together: every transaction that
 //! writes positions takes [`COMMIT_ORDER_LOCK`] first (so history ids become
@@ -22,6 +23,7 @@ pub mod history;
 pub mod partitions;
 pub mod positions;
 pub mod retention;
+pub mod upkeep;
 
 pub use batch::{Batch, CommitError, DeadLetter, Fence, Mode, Row, Written};
 pub use history::{AnimeState, HistoryPoint, StoredEvent};

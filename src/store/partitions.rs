@@ -4,17 +4,13 @@
 //! `migrations/V5__history_partitioned_by_week.sql` for the layout, why a
 //! week, and why exactly once still holds across partitions).
 //!
-//! `consume` keeps the next week made ([`AHEAD`]), retention drops the old
-//! ones, and the history's size is published as metrics: all in
-//! [`maintain`], once a minute.
-
-use std::time::Duration;
+//! `consume` keeps the next week made ([`AHEAD`]) and retention drops the
+//! old ones, once a minute (see [`super::upkeep`]).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio_util::sync::CancellationToken;
 
-use super::{Bounded, Result, retention};
+use super::{Bounded, Result};
 
 /// The partition of rows stored before the history was partitioned.
 pub const BEFORE: &str = "popularity_events_before";
@@ -22,8 +18,6 @@ pub const BEFORE: &str = "popularity_events_before";
 pub const DEFAULT: &str = "popularity_events_default";
 /// Days ahead whose week is made in advance.
 pub const AHEAD: i32 = 7;
-/// Time between two rounds of [`maintain`].
-const EVERY: Duration = Duration::from_secs(60);
 
 /// Makes the weekly partitions from this week to [`AHEAD`] days ahead that
 /// are missing; returns how many it made.
@@ -118,43 +112,4 @@ pub const NEWEST: &str = "SELECT ingested_at FROM popularity_events ORDER BY id 
 /// probe per partition, whatever the history holds.
 pub async fn newest_on(db: &tokio_postgres::Client) -> Result<Option<DateTime<Utc>>> {
     Ok(db.query_opt(NEWEST, &[]).await?.map(|r| r.get(0)))
-}
-
-/// Once a minute until `shutdown`: makes the days ahead, applies retention
-/// (when `retention_days` is set) and publishes the history's size.
-pub async fn maintain(pool: Pool, retention_days: Option<u32>, shutdown: CancellationToken) {
-    let retention_days = retention_days.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
-    if let Some(days) = retention_days {
-        tracing::info!(days, "keeping {days} days of history");
-    }
-    loop {
-        match ensure(&pool).await {
-            Ok(0) => {}
-            Ok(made) => tracing::info!(made, "made history partitions for the days ahead"),
-            Err(error) => tracing::warn!(%error, "could not make the history's next partitions; will retry"),
-        }
-        if let Some(days) = retention_days {
-            match retention::sweep(&pool, days, &shutdown).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, days, "removed old history"),
-                Err(error) => tracing::warn!(%error, "history retention sweep failed; will retry"),
-            }
-        }
-        match size(&pool).await {
-            Ok(size) => {
-                metrics::gauge!(crate::metrics::HISTORY_ROWS).set(size.rows as f64);
-                metrics::gauge!(crate::metrics::HISTORY_BYTES).set(size.bytes as f64);
-                let age = size
-                    .oldest
-                    .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3)
-                    .unwrap_or(0.0);
-                metrics::gauge!(crate::metrics::HISTORY_OLDEST_SECONDS).set(age);
-            }
-            Err(error) => tracing::debug!(%error, "could not measure the history"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
 }
