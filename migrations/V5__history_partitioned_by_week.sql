@@ -9,8 +9,8 @@
 --   popularity_events_wYYYYMMDD  one week each, from that Monday, made
 --                                ahead of time by ensure_history_partitions()
 --   popularity_events_default    anything no other partition takes (an event
---                                dated beyond the days made so far, or before
---                                the oldest one kept); moved into its day's
+--                                dated beyond the weeks made so far, or before
+--                                the oldest one kept); moved into its week's
 --                                partition when that is made
 --
 -- Exactly once still rests on two uniquenesses: of the record,
@@ -88,16 +88,16 @@ SELECT history_partition_keys('popularity_events_default');
 CREATE FUNCTION ensure_history_partitions(first timestamptz, last timestamptz) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    day timestamptz := date_trunc('week', first AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    monday timestamptz := date_trunc('week', first AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
     next timestamptz;
     name text;
     made integer := 0;
 BEGIN
     -- One maker at a time ("catlog-parts").
     PERFORM pg_advisory_xact_lock(7161964930453107827);
-    WHILE day < last LOOP
-        next := day + interval '7 days';
-        name := 'popularity_events_w' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD');
+    WHILE monday < last LOOP
+        next := monday + interval '7 days';
+        name := 'popularity_events_w' || to_char(monday AT TIME ZONE 'UTC', 'YYYYMMDD');
         IF to_regclass(name) IS NULL THEN
             BEGIN
                 EXECUTE format('CREATE TABLE %I (LIKE popularity_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
@@ -106,9 +106,9 @@ BEGIN
                 EXECUTE format(
                     'WITH moved AS (DELETE FROM popularity_events_default '
                     '               WHERE event_time >= %L AND event_time < %L RETURNING *) '
-                    'INSERT INTO %I SELECT * FROM moved', day, next, name);
+                    'INSERT INTO %I SELECT * FROM moved', monday, next, name);
                 EXECUTE format('ALTER TABLE popularity_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                               name, day, next);
+                               name, monday, next);
                 made := made + 1;
             EXCEPTION WHEN invalid_object_definition THEN
                 -- "would overlap partition popularity_events_before": that
@@ -116,7 +116,7 @@ BEGIN
                 NULL;
             END;
         END IF;
-        day := next;
+        monday := next;
     END LOOP;
     RETURN made;
 END

@@ -14,7 +14,7 @@ use super::{Bounded, Result};
 
 /// The partition of rows stored before the history was partitioned.
 pub const BEFORE: &str = "popularity_events_before";
-/// The partition of events dated outside every daily partition.
+/// The partition of events dated outside every weekly partition.
 pub const DEFAULT: &str = "popularity_events_default";
 /// Days ahead whose week is made in advance.
 pub const AHEAD: i32 = 7;

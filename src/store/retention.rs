@@ -93,20 +93,20 @@ pub async fn sweep(pool: &Pool, days: i32, shutdown: &CancellationToken) -> Resu
 async fn drop_old_weeks(pool: &Pool, days: i32) -> Result<u64> {
     let db = super::checkout(pool).await?;
     let mut removed = 0;
-    for day in partitions::weeks_before(&db, days).await? {
+    for week in partitions::weeks_before(&db, days).await? {
         let rows: i64 = db
-            .query_one(&format!("SELECT count(*) FROM {day}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {week}"), &[])
             .await?
             .get(0);
         let drop =
-            format!("DO $$ BEGIN SET LOCAL lock_timeout = '{DROP_LOCK_WAIT}'; DROP TABLE {day}; END $$");
+            format!("DO $$ BEGIN SET LOCAL lock_timeout = '{DROP_LOCK_WAIT}'; DROP TABLE {week}; END $$");
         match db.execute(&drop, &[]).await {
             Ok(_) => {
-                tracing::info!(partition = %day, rows, "dropped a week of history older than {days} days");
+                tracing::info!(partition = %week, rows, "dropped a week of history older than {days} days");
                 removed += rows as u64;
             }
             Err(super::StoreError::Query(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                tracing::info!(partition = %day, "history busy; dropping this week at the next sweep");
+                tracing::info!(partition = %week, "history busy; dropping this week at the next sweep");
             }
             Err(error) => return Err(error),
         }
