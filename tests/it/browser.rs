@@ -127,6 +127,32 @@ pub(crate) async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap()
 }
 
+/// The history ids the page recorded as shown (`window.rowsShown`, in the
+/// order shown), and the history's ids over the same span.
+pub(crate) async fn shown_and_history(client: &Client, db: &TestDb) -> (Vec<i64>, Vec<i64>) {
+    let shown: Vec<i64> = js(client, "return window.rowsShown")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let (first, last) = (shown[0], *shown.last().unwrap());
+    let history = db
+        .connect()
+        .await
+        .query(
+            "SELECT id FROM popularity_events WHERE id BETWEEN $1 AND $2 ORDER BY id",
+            &[&first, &last],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (shown, history)
+}
+
 pub(crate) fn screenshot_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
@@ -600,26 +626,8 @@ async fn the_page_loses_its_connection_twice_during_a_replay_and_still_shows_eve
     )
     .await;
 
-    let shown: Vec<i64> = js(&client, "return window.rowsShown")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let (shown, history) = shown_and_history(&client, &db).await;
     let (first, last) = (shown[0], *shown.last().unwrap());
-    let history: Vec<i64> = db
-        .connect()
-        .await
-        .query(
-            "SELECT id FROM popularity_events WHERE id BETWEEN $1 AND $2 ORDER BY id",
-            &[&first, &last],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let mut once = shown.clone();
     once.sort_unstable();
     once.dedup();

@@ -5,7 +5,7 @@
 //! signed token refreshed in band and one left to expire both end with every
 //! update shown once.
 
-use crate::browser::{console_errors, js, open_browser, screenshot_path};
+use crate::browser::{console_errors, js, open_browser, screenshot_path, shown_and_history};
 use crate::common;
 
 use std::sync::Arc;
@@ -418,26 +418,8 @@ async fn a_token_refreshed_in_band_and_one_left_to_expire_both_show_every_update
         "one new socket after the expiry, no storm"
     );
 
-    let shown: Vec<i64> = js(&client, "return window.rowsShown")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let (shown, history) = shown_and_history(&client, &db).await;
     let (first, last) = (shown[0], *shown.last().unwrap());
-    let history: Vec<i64> = db
-        .connect()
-        .await
-        .query(
-            "SELECT id FROM popularity_events WHERE id BETWEEN $1 AND $2 ORDER BY id",
-            &[&first, &last],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     eprintln!(
         "{} rows shown from {first} to {last} across two refreshes and an expiry",
         shown.len()
