@@ -263,16 +263,17 @@ impl Peer {
 
     /// Takes what the connection's credentials grant: an end, or none.
     fn grant(&mut self, grant: Grant) {
-        self.expires = match grant {
-            Grant::Open => None,
-            Grant::Until(until) => Some(tokio::time::Instant::now() + until.remaining()),
-        };
-        if let Grant::Until(until) = grant {
-            self.send_json(ServerMessage::Token {
-                accepted: true,
-                expires_in_ms: Some(until.remaining().as_millis() as u64),
-                reason: None,
-            });
+        match grant {
+            Grant::Open => self.expires = None,
+            Grant::Until(until) => {
+                let left = until.remaining();
+                self.expires = Some(tokio::time::Instant::now() + left);
+                self.send_json(ServerMessage::Token {
+                    accepted: true,
+                    expires_in_ms: Some(left.as_millis() as u64),
+                    reason: None,
+                });
+            }
         }
     }
 

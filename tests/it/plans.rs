@@ -87,44 +87,47 @@ async fn history_reads_stay_small_whatever_the_statistics_say() {
         "50".to_owned(),
         history::ANIME_HISTORY.to_string(),
     );
-    let (quiet, busy) = (QUIET.to_string(), BUSY.to_string());
-    let args = |a: &[&String]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (quiet, busy, window) = (QUIET.to_string(), BUSY.to_string(), window.to_string());
     let statements: Vec<(&str, &str, Vec<String>)> = vec![
         (
             "resume",
             history::ROWS_AFTER.as_str(),
-            args(&[&(last - 1000).to_string(), &"1001".to_owned()]),
+            vec![(last - 1000).to_string(), "1001".to_owned()],
         ),
-        ("the feed", history::LATEST.as_str(), args(&[&page, &max])),
+        (
+            "the feed",
+            history::LATEST.as_str(),
+            vec![page.clone(), max.clone()],
+        ),
         (
             "a quiet title's events",
             history::LATEST_OF_ANIME.as_str(),
-            args(&[&page, &quiet, &max]),
+            vec![page.clone(), quiet.clone(), max.clone()],
         ),
         (
             "a busy title's events",
             history::LATEST_OF_ANIME.as_str(),
-            args(&[&page, &busy, &max]),
+            vec![page.clone(), busy.clone(), max.clone()],
         ),
         (
             "a quiet title's panel",
             history::ANIME_POINTS.as_str(),
-            args(&[&panel, &quiet, &max]),
+            vec![panel.clone(), quiet.clone(), max.clone()],
         ),
         (
             "a busy title's panel",
             history::ANIME_POINTS.as_str(),
-            args(&[&panel, &busy, &max]),
+            vec![panel.clone(), busy.clone(), max.clone()],
         ),
         (
             "the trending window's edge",
             history::WINDOW_EDGE,
-            args(&[&window.to_string()]),
+            vec![window.clone()],
         ),
         (
             "the trending window",
             history::WINDOW.as_str(),
-            args(&[&edge.to_string(), &window.to_string(), &"20000".to_owned()]),
+            vec![edge.to_string(), window.clone(), "20000".to_owned()],
         ),
         ("the ids' bounds", history::BOUNDS, vec![]),
         ("the newest id", history::LAST_ID, vec![]),
