@@ -152,10 +152,7 @@ impl Pipeline {
             produce::catalog(options)?; // a bad catalog file fails before any connection
         }
         // So do unreadable token keys.
-        let access = match &settings.serve {
-            Some(options) => Some(access(options)?),
-            None => None,
-        };
+        let access = settings.serve.as_ref().map(access).transpose()?;
         let pool_size = settings.consume.as_ref().map_or(0, |_| CONSUMER_POOL_SIZE)
             + settings.serve.as_ref().map_or(0, |_| SERVER_POOL_SIZE);
         let db = if pool_size > 0 {
