@@ -1,37 +1,18 @@
 //! What each command does. `main` only parses, starts tracing and calls one
 //! of these; the stage commands and `all` are one [`Pipeline`] with
-//! different stages switched on.
+//! different stages switched on ([`stages`]).
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AllArgs, ConsumeArgs, DbArgs, DoctorArgs, ProduceArgs, ServeArgs, TokenArgs};
+use crate::config::{DbArgs, DoctorArgs, TokenArgs};
 use crate::db::Database;
 use crate::doctor::{self, Verdict};
 use crate::pipeline::{Pipeline, Settings, page_url};
 
-/// `produce`: publishes simulated events until done or shut down.
-pub async fn produce(args: &ProduceArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run(Settings::from(args), shutdown).await
-}
-
-/// `consume`: migrates, then consumes until shut down.
-pub async fn consume(args: &ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run(Settings::from(args), shutdown).await
-}
-
-/// `serve`: migrates, then serves until shut down. The broker is optional
-/// (it only gives consumer lag).
-pub async fn serve(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run(Settings::from(args), shutdown).await
-}
-
-/// `all`: produce, consume and serve in one process until shut down.
-pub async fn all(args: &AllArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run(Settings::from(args), shutdown).await
-}
-
-/// Builds the pipeline, tells a person where the page is, and runs it.
-async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// `produce`, `consume`, `serve` and `all`: builds the pipeline of the
+/// command's stages, tells a person where the page is, and runs it until
+/// shut down (a producer with a maximum stops on its own).
+pub async fn stages(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pipeline = Pipeline::build(settings).await?;
     if let Some(addr) = pipeline.address() {
         println!("catlog-live is live at {}", page_url(addr));

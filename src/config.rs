@@ -177,11 +177,6 @@ pub const DEFAULT_KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/catlog";
 /// `CONSUMER_GROUP_ID` when none is given.
 pub const DEFAULT_GROUP_ID: &str = "catlog-live";
-/// The default of `CONSUMER_STALLED_AFTER`: records waiting and no commit
-/// for this long, and the partition is stalled. The consumer's session
-/// timeout's default, so a member that froze has been replaced by the time
-/// a partition reads as stalled, unless no live member is left.
-pub const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
@@ -203,15 +198,6 @@ pub struct DbArgs {
     #[arg(long = "db-timeout", env = "DB_TIMEOUT", default_value = "10s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub timeout: Duration,
-}
-
-impl Default for DbArgs {
-    fn default() -> Self {
-        Self {
-            database_url: DEFAULT_DATABASE_URL.to_owned(),
-            timeout: crate::db::DEFAULT_TIMEOUT,
-        }
-    }
 }
 
 /// A duration: `250ms`, `10s`, `2m`, or a bare number of seconds; more than
@@ -321,18 +307,12 @@ pub struct GroupArgs {
 
     /// A partition with records waiting and no commit for this long reads as
     /// stalled (metrics, a warning, `doctor` FAIL, stats, the page).
+    // The default is the session timeout's, so a member that froze has been
+    // replaced by the time a partition reads as stalled, unless no live
+    // member is left.
     #[arg(long = "stalled-after", env = "CONSUMER_STALLED_AFTER", default_value = "30s",
           value_name = "DURATION", value_parser = parse_duration)]
     pub stalled_after: Duration,
-}
-
-impl Default for GroupArgs {
-    fn default() -> Self {
-        Self {
-            group_id: DEFAULT_GROUP_ID.to_owned(),
-            stalled_after: STALLED_AFTER,
-        }
-    }
 }
 
 /// How the consumer runs.

@@ -38,10 +38,10 @@ async fn main() -> ExitCode {
 
     let shutdown = shutdown::on_signal();
     let result = match &cli.command {
-        Command::Produce(args) => commands::produce(args, shutdown).await,
-        Command::Consume(args) => commands::consume(args, shutdown).await,
-        Command::Serve(args) => commands::serve(args, shutdown).await,
-        Command::All(args) => commands::all(args, shutdown).await,
+        Command::Produce(args) => commands::stages(args.into(), shutdown).await,
+        Command::Consume(args) => commands::stages(args.into(), shutdown).await,
+        Command::Serve(args) => commands::stages(args.into(), shutdown).await,
+        Command::All(args) => commands::stages(args.into(), shutdown).await,
         Command::Migrate(args) => commands::migrate(args).await,
         Command::Doctor(args) => commands::doctor(args).await,
         Command::Token(args) => commands::token(args),

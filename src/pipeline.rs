@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::catalog::CatalogError;
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{
-    AllArgs, ConsumeArgs, ConsumerOptions, DbArgs, GroupArgs, KafkaArgs, ProduceArgs, ProducerOptions,
+    AllArgs, ConsumeArgs, ConsumerOptions, DbArgs, GroupArgs, KafkaArgs, Pace, ProduceArgs, ProducerOptions,
     ServeArgs, ServerOptions,
 };
 use crate::consume::{self, ConsumerSettings};
@@ -62,25 +62,53 @@ pub enum PipelineError {
     Tokens(#[from] serve::tokens::KeyError),
 }
 
-/// Which stages run, and with what settings.
+/// Which stages run, and with what settings: each stage holds exactly what
+/// it needs, and a stage that is `None` does not run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub kafka: KafkaArgs,
+    pub produce: Option<ProduceStage>,
+    pub consume: Option<ConsumeStage>,
+    pub serve: Option<ServeStage>,
+}
+
+/// The simulator's settings, with its pace settled.
+#[derive(Debug, Clone)]
+pub struct ProduceStage {
+    pub options: ProducerOptions,
+    pub pace: Pace,
+}
+
+/// The consumer's settings.
+#[derive(Debug, Clone)]
+pub struct ConsumeStage {
     pub db: DbArgs,
     pub group: GroupArgs,
-    /// The simulator, and its pause when no interval is configured.
-    pub produce: Option<(ProducerOptions, Duration)>,
-    pub consume: Option<ConsumerOptions>,
-    pub serve: Option<ServerOptions>,
+    pub options: ConsumerOptions,
+}
+
+/// The server's settings; `group` names whose lag it shows.
+#[derive(Debug, Clone)]
+pub struct ServeStage {
+    pub db: DbArgs,
+    pub group: GroupArgs,
+    pub options: ServerOptions,
+}
+
+impl ProduceStage {
+    fn new(options: &ProducerOptions, default_interval: Duration) -> Self {
+        Self {
+            options: options.clone(),
+            pace: options.pace(default_interval),
+        }
+    }
 }
 
 impl From<&ProduceArgs> for Settings {
     fn from(args: &ProduceArgs) -> Self {
         Self {
             kafka: args.kafka.clone(),
-            db: DbArgs::default(),
-            group: GroupArgs::default(),
-            produce: Some((args.producer.clone(), PRODUCE_DEFAULT_INTERVAL)),
+            produce: Some(ProduceStage::new(&args.producer, PRODUCE_DEFAULT_INTERVAL)),
             consume: None,
             serve: None,
         }
@@ -91,10 +119,12 @@ impl From<&ConsumeArgs> for Settings {
     fn from(args: &ConsumeArgs) -> Self {
         Self {
             kafka: args.kafka.clone(),
-            db: args.db.clone(),
-            group: args.group.clone(),
             produce: None,
-            consume: Some(args.consumer.clone()),
+            consume: Some(ConsumeStage {
+                db: args.db.clone(),
+                group: args.group.clone(),
+                options: args.consumer.clone(),
+            }),
             serve: None,
         }
     }
@@ -104,11 +134,13 @@ impl From<&ServeArgs> for Settings {
     fn from(args: &ServeArgs) -> Self {
         Self {
             kafka: args.kafka.clone(),
-            db: args.db.clone(),
-            group: args.group.clone(),
             produce: None,
             consume: None,
-            serve: Some(args.server.clone()),
+            serve: Some(ServeStage {
+                db: args.db.clone(),
+                group: args.group.clone(),
+                options: args.server.clone(),
+            }),
         }
     }
 }
@@ -117,112 +149,129 @@ impl From<&AllArgs> for Settings {
     fn from(args: &AllArgs) -> Self {
         Self {
             kafka: args.kafka.clone(),
-            db: args.db.clone(),
-            group: args.group.clone(),
-            produce: Some((args.producer.clone(), ALL_DEFAULT_INTERVAL)),
-            consume: Some(args.consumer.clone()),
-            serve: Some(args.server.clone()),
+            produce: Some(ProduceStage::new(&args.producer, ALL_DEFAULT_INTERVAL)),
+            consume: Some(ConsumeStage {
+                db: args.db.clone(),
+                group: args.group.clone(),
+                options: args.consumer.clone(),
+            }),
+            serve: Some(ServeStage {
+                db: args.db.clone(),
+                group: args.group.clone(),
+                options: args.server.clone(),
+            }),
         }
     }
 }
 
-/// The pipeline, connected and bound, ready to run.
+/// The pipeline, connected and bound, ready to run: the stages that run,
+/// each with everything it needs.
 pub struct Pipeline {
-    settings: Settings,
-    /// The database and its pool, when a stage needs them.
-    db: Option<(Database, Pool)>,
-    /// For producing, and for the server's lag figures.
-    kafka: Option<Broker>,
-    /// For consuming: reports lost connections instead of retrying them.
-    reader: Option<Broker>,
+    producer: Option<Producer>,
+    consumer: Option<Consumer>,
+    server: Option<Server>,
+}
+
+/// The simulator, its catalog loaded and its broker connected.
+struct Producer {
+    topic: String,
+    options: ProducerOptions,
+    pace: Pace,
+    catalog: Catalog,
+    broker: Broker,
+}
+
+/// The consumer, connected, with its own `/metrics` bound when asked for.
+struct Consumer {
+    settings: ConsumerSettings,
+    retention_days: Option<u32>,
+    db: Database,
+    pool: Pool,
+    /// Reports lost connections instead of retrying them.
+    reader: Broker,
     /// For mirroring the consumer's offsets to Kafka, when it does.
     mirror: Option<GroupClient>,
-    /// The page's address, bound.
-    listener: Option<TcpListener>,
-    /// Who may use the server (its keys read at build), when it runs.
-    access: Option<Access>,
-    /// A consumer's own `/metrics`, bound.
     metrics_listener: Option<TcpListener>,
+}
+
+/// The server, connected and bound; the broker only gives lag figures.
+struct Server {
+    settings: ServeSettings,
+    db: Database,
+    pool: Pool,
+    kafka: Option<Broker>,
+    listener: TcpListener,
 }
 
 impl Pipeline {
     /// Checks the settings, connects, migrates and binds; nothing runs yet.
+    /// What a person can get wrong fails first: a bad catalog file or
+    /// unreadable token keys before any connection.
     pub async fn build(settings: Settings) -> Result<Self, PipelineError> {
-        if let Some((options, _)) = &settings.produce {
-            produce::catalog(options)?; // a bad catalog file fails before any connection
-        }
-        // So do unreadable token keys.
-        let access = settings.serve.as_ref().map(access).transpose()?;
-        let pool_size = settings.consume.as_ref().map_or(0, |_| CONSUMER_POOL_SIZE)
-            + settings.serve.as_ref().map_or(0, |_| SERVER_POOL_SIZE);
-        let db = if pool_size > 0 {
-            let db: Database = settings.db.database_url.parse()?;
-            let db = db.with_timeout(settings.db.timeout);
-            let pool = db.connect_and_migrate(pool_size).await?;
-            Some((db, pool))
-        } else {
-            None
-        };
-        let kafka = match (&settings.produce, &settings.serve) {
-            (Some(_), _) => Some(Broker::connect(&settings.kafka).await?),
-            // A server without a broker still serves; it only lacks lag figures.
-            (None, Some(_)) => match Broker::connect(&settings.kafka).await {
-                Ok(client) => Some(client),
-                Err(error) => {
-                    tracing::warn!(%error, "serving without consumer lag");
-                    None
-                }
-            },
-            (None, None) => None,
-        };
-        let reader = match &settings.consume {
-            Some(_) => Some(Broker::connect_reader(&settings.kafka).await?),
+        let catalog = settings
+            .produce
+            .as_ref()
+            .map(|stage| produce::catalog(&stage.options))
+            .transpose()?;
+        let access = settings
+            .serve
+            .as_ref()
+            .map(|stage| access(&stage.options))
+            .transpose()?;
+        let Settings {
+            kafka,
+            produce,
+            consume,
+            serve,
+        } = settings;
+
+        let consumer = match consume {
+            Some(stage) => Some(Consumer::build(&kafka, stage).await?),
             None => None,
         };
-        let mirror = match &settings.consume {
-            Some(options) if options.offset_mirror => Some(GroupClient::new(
-                &settings.kafka,
-                settings.group.group_id.clone(),
-            )?),
+        let producer = match (produce, catalog) {
+            (Some(stage), Some(catalog)) => Some(Producer {
+                topic: kafka.topic.clone(),
+                options: stage.options,
+                pace: stage.pace,
+                catalog,
+                broker: Broker::connect(&kafka).await?,
+            }),
             _ => None,
         };
         // With every stage in one process, the topic exists before any reads it.
-        if let (Some((options, _)), Some(_), Some(client)) = (&settings.produce, &settings.consume, &kafka) {
-            client
-                .ensure_topic(&settings.kafka.topic, options.partitions)
+        if let (Some(producer), Some(_)) = (&producer, &consumer) {
+            producer
+                .broker
+                .ensure_topic(&producer.topic, producer.options.partitions)
                 .await?;
         }
-        let listener = match &settings.serve {
-            Some(options) => Some(bind(options.listen_addr, "LISTEN_ADDR").await?),
-            None => None,
+        let server = match (serve, access) {
+            (Some(stage), Some(access)) => {
+                let broker = producer.as_ref().map(|p| p.broker.clone());
+                Some(Server::build(&kafka, stage, access, broker).await?)
+            }
+            _ => None,
         };
-        let metrics_listener = match settings.consume.as_ref().and_then(|c| c.metrics_addr) {
-            Some(addr) => Some(bind(addr, "METRICS_ADDR").await?),
-            None => None,
-        };
-        if settings.consume.is_some() || settings.serve.is_some() {
+        if consumer.is_some() || server.is_some() {
             crate::metrics::handle();
         }
         Ok(Self {
-            settings,
-            db,
-            kafka,
-            reader,
-            mirror,
-            listener,
-            access,
-            metrics_listener,
+            producer,
+            consumer,
+            server,
         })
     }
 
     /// Where the page is served, when a server runs.
     pub fn address(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.server.as_ref().and_then(|s| s.listener.local_addr().ok())
     }
 
     /// Where a consumer's own `/metrics` is served, when asked for.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        let consumer = self.consumer.as_ref()?;
+        consumer.metrics_listener.as_ref()?.local_addr().ok()
     }
 
     /// Runs the stages until `shutdown` (a producer with a maximum stops on
@@ -234,32 +283,23 @@ impl Pipeline {
                 stop.cancel();
             }
         };
-        let s = &self.settings;
-        let db = self.db.as_ref();
         let (produced, (), served) = tokio::join!(
             async {
-                let produced = produce_stage(s, self.kafka.as_ref(), stop.clone()).await;
+                let Some(producer) = self.producer else {
+                    return Ok(());
+                };
+                let produced = producer.run(stop.clone()).await;
                 stop_others_if_failed(&produced);
                 produced
             },
-            consume_stage(
-                s,
-                db,
-                self.reader.as_ref(),
-                self.mirror,
-                self.metrics_listener,
-                stop.clone()
-            ),
             async {
-                let served = serve_stage(
-                    s,
-                    db,
-                    self.kafka.clone(),
-                    self.listener,
-                    self.access,
-                    stop.clone(),
-                )
-                .await;
+                if let Some(consumer) = self.consumer {
+                    consumer.run(stop.clone()).await;
+                }
+            },
+            async {
+                let Some(server) = self.server else { return Ok(()) };
+                let served = server.run(stop.clone()).await;
                 stop_others_if_failed(&served);
                 served
             },
@@ -268,88 +308,133 @@ impl Pipeline {
     }
 }
 
-/// The simulator, when it runs: until its maximum or `stop`.
-async fn produce_stage(
-    settings: &Settings,
-    kafka: Option<&Broker>,
-    stop: CancellationToken,
-) -> Result<(), PipelineError> {
-    let (Some((options, default_interval)), Some(client)) = (&settings.produce, kafka) else {
-        return Ok(());
-    };
-    let pace = options.pace(*default_interval);
-    produce::run(&settings.kafka.topic, options, pace, client.clone(), stop).await?;
-    Ok(())
+impl Producer {
+    /// Publishes until its maximum or `stop`.
+    async fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
+        produce::run(
+            &self.topic,
+            &self.catalog,
+            &self.options,
+            self.pace,
+            self.broker,
+            stop,
+        )
+        .await?;
+        Ok(())
+    }
 }
 
-/// The consumer, when it runs, with its own `/metrics`, the history's
-/// upkeep (partitions ahead, retention, size) and offset mirror.
-async fn consume_stage(
-    settings: &Settings,
-    db: Option<&(Database, Pool)>,
-    reader: Option<&Broker>,
-    mirror: Option<GroupClient>,
-    metrics_listener: Option<TcpListener>,
-    stop: CancellationToken,
-) {
-    let (Some(options), Some((db, pool)), Some(reader)) = (&settings.consume, db, reader) else {
-        return;
-    };
-    let _metrics = metrics_listener.map(|listener| {
-        AbortOnDropHandle::new(tokio::spawn(crate::metrics::serve_alone(listener, stop.clone())))
-    });
-    let _maintenance = AbortOnDropHandle::new(tokio::spawn(crate::store::upkeep::maintain(
-        pool.clone(),
-        options.retention_days,
-        stop.clone(),
-    )));
-    let consumer = ConsumerSettings {
-        group: settings.group.group_id.clone(),
-        topic: settings.kafka.topic.clone(),
-        start_from: options.start_from,
-        batch_size: options.batch_size as usize,
-        fetch_wait_ms: options.fetch_wait_ms,
-        session_timeout: options.session_timeout,
-        stalled_after: settings.group.stalled_after,
-    };
-    consume::run(consumer, db.clone(), pool.clone(), reader.clone(), mirror, stop).await;
-}
-
-/// The server, when it runs.
-async fn serve_stage(
-    settings: &Settings,
-    db: Option<&(Database, Pool)>,
-    kafka: Option<Broker>,
-    listener: Option<TcpListener>,
-    access: Option<Access>,
-    stop: CancellationToken,
-) -> Result<(), PipelineError> {
-    let (Some(options), Some((db, pool)), Some(listener), Some(access)) =
-        (&settings.serve, db, listener, access)
-    else {
-        return Ok(());
-    };
-    let serve = ServeSettings {
-        follow: FollowSettings {
-            group: settings.group.group_id.clone(),
-            topic: settings.kafka.topic.clone(),
-            broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
-            stalled_after: settings.group.stalled_after,
-        },
-        access,
-        max_connections: options.max_connections as usize,
-        http: serve::server::HttpSettings {
-            limits: serve::head::HeadLimits {
-                max_headers: options.http_max_headers as usize,
-                max_header_bytes: options.http_max_header_bytes as usize,
-                max_url_bytes: options.http_max_url_bytes as usize,
+impl Consumer {
+    async fn build(kafka: &KafkaArgs, stage: ConsumeStage) -> Result<Self, PipelineError> {
+        let (db, pool) = connect(&stage.db, CONSUMER_POOL_SIZE).await?;
+        let reader = Broker::connect_reader(kafka).await?;
+        let mirror = if stage.options.offset_mirror {
+            Some(GroupClient::new(kafka, stage.group.group_id.clone())?)
+        } else {
+            None
+        };
+        let metrics_listener = match stage.options.metrics_addr {
+            Some(addr) => Some(bind(addr, "METRICS_ADDR").await?),
+            None => None,
+        };
+        let options = stage.options;
+        Ok(Self {
+            settings: ConsumerSettings {
+                group: stage.group.group_id,
+                topic: kafka.topic.clone(),
+                start_from: options.start_from,
+                batch_size: options.batch_size as usize,
+                fetch_wait_ms: options.fetch_wait_ms,
+                session_timeout: options.session_timeout,
+                stalled_after: stage.group.stalled_after,
             },
-            head_timeout: options.http_head_timeout,
-        },
-        resume_max_updates: i64::from(options.resume_max_updates),
-    };
-    serve::run(serve, db.clone(), pool.clone(), kafka, listener, stop).await?;
-    Ok(())
+            retention_days: options.retention_days,
+            db,
+            pool,
+            reader,
+            mirror,
+            metrics_listener,
+        })
+    }
+
+    /// Consumes until `stop`, with its own `/metrics` and the history's
+    /// upkeep (partitions ahead, retention, size) beside it.
+    async fn run(self, stop: CancellationToken) {
+        let _metrics = self.metrics_listener.map(|listener| {
+            AbortOnDropHandle::new(tokio::spawn(crate::metrics::serve_alone(listener, stop.clone())))
+        });
+        let _upkeep = AbortOnDropHandle::new(tokio::spawn(crate::store::upkeep::maintain(
+            self.pool.clone(),
+            self.retention_days,
+            stop.clone(),
+        )));
+        consume::run(self.settings, self.db, self.pool, self.reader, self.mirror, stop).await;
+    }
+}
+
+impl Server {
+    /// `broker` is the producer's, when one runs in this process; else the
+    /// server connects its own, and serves without lag figures if it cannot.
+    async fn build(
+        kafka: &KafkaArgs,
+        stage: ServeStage,
+        access: Access,
+        broker: Option<Broker>,
+    ) -> Result<Self, PipelineError> {
+        let (db, pool) = connect(&stage.db, SERVER_POOL_SIZE).await?;
+        let kafka_client = match broker {
+            Some(broker) => Some(broker),
+            None => match Broker::connect(kafka).await {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    tracing::warn!(%error, "serving without consumer lag");
+                    None
+                }
+            },
+        };
+        let listener = bind(stage.options.listen_addr, "LISTEN_ADDR").await?;
+        let options = stage.options;
+        let settings = ServeSettings {
+            follow: FollowSettings {
+                group: stage.group.group_id,
+                topic: kafka.topic.clone(),
+                broadcast_every: Duration::from_millis(options.broadcast_interval_ms),
+                stalled_after: stage.group.stalled_after,
+            },
+            access,
+            max_connections: options.max_connections as usize,
+            http: serve::server::HttpSettings {
+                limits: serve::head::HeadLimits {
+                    max_headers: options.http_max_headers as usize,
+                    max_header_bytes: options.http_max_header_bytes as usize,
+                    max_url_bytes: options.http_max_url_bytes as usize,
+                },
+                head_timeout: options.http_head_timeout,
+            },
+            resume_max_updates: i64::from(options.resume_max_updates),
+        };
+        Ok(Self {
+            settings,
+            db,
+            pool,
+            kafka: kafka_client,
+            listener,
+        })
+    }
+
+    /// Serves until `stop`.
+    async fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
+        serve::run(self.settings, self.db, self.pool, self.kafka, self.listener, stop).await?;
+        Ok(())
+    }
+}
+
+/// The database a stage names, migrated, with a pool of `size`.
+async fn connect(args: &DbArgs, size: usize) -> Result<(Database, Pool), PipelineError> {
+    let db: Database = args.database_url.parse()?;
+    let db = db.with_timeout(args.timeout);
+    let pool = db.connect_and_migrate(size).await?;
+    Ok((db, pool))
 }
 
 /// The server's access settings, with its token keys read.

@@ -37,8 +37,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
     Kafka(#[from] KafkaError),
 }
 
@@ -54,12 +52,12 @@ pub fn catalog(options: &ProducerOptions) -> Result<Catalog, CatalogError> {
 /// acknowledged or `shutdown` fires; returns how many were acknowledged.
 pub async fn run(
     topic: &str,
+    catalog: &Catalog,
     options: &ProducerOptions,
     pace: Pace,
     broker: Broker,
     shutdown: CancellationToken,
 ) -> Result<u64, ProduceError> {
-    let catalog = catalog(options)?;
     let mut topic = Topic::open(&broker, topic, options.partitions).await?;
     tracing::info!(
         topic = topic.name,
@@ -69,7 +67,7 @@ pub async fn run(
         "producing"
     );
 
-    let mut simulator = Simulator::new(&catalog, options.seed);
+    let mut simulator = Simulator::new(catalog, options.seed);
     let max = options.max_events.unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut progress = Progress::new();
