@@ -40,6 +40,8 @@
 //! Every long-running function takes its dependencies and a
 //! [`CancellationToken`](tokio_util::sync::CancellationToken) as arguments.
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 pub mod commands;
 pub mod config;

@@ -1,5 +1,7 @@
 //! `catlog-live`: parse the command line, start tracing, dispatch.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

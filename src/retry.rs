@@ -110,7 +110,10 @@ mod tests {
         for step in [100, 200, 400, 800, 800, 800] {
             let pause = backoff.next_pause();
             let step = Duration::from_millis(step);
-            assert!(pause >= step / 2 && pause <= step, "{pause:?} outside {step:?}/2..={step:?}");
+            assert!(
+                pause >= step / 2 && pause <= step,
+                "{pause:?} outside {step:?}/2..={step:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_pause() <= Duration::from_millis(100));

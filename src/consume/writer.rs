@@ -215,24 +215,23 @@ async fn commit_with_retry(
                 }
                 continue;
             }
-            Err(CommitError::Data(reason)) if batch.len() > 1 => {
+            Err(error @ CommitError::Data(_)) if batch.len() > 1 => {
+                let reason = error.reason();
                 tracing::warn!(%reason, records = batch.len(), "database rejected the batch's data; committing record by record");
                 return commit_one_by_one(settings, sink, &batch, stored, shutdown).await;
             }
-            Err(CommitError::Data(reason)) if batch.is_empty() => {
-                tracing::warn!(%reason, "cannot store offsets; retrying");
+            Err(error @ CommitError::Data(_)) if batch.is_empty() => {
+                tracing::warn!(reason = %error.reason(), "cannot store offsets; retrying");
             }
-            Err(CommitError::Data(reason)) => {
-                let dead = rejected(&batch, &reason);
+            Err(error @ CommitError::Data(_)) => {
+                let dead = rejected(&batch, &error.reason());
                 return Box::pin(commit_with_retry(settings, sink, &dead, stored, shutdown)).await;
             }
             // (A duplicate is only reported in Fresh mode, which `commit` retries.)
             Err(CommitError::Duplicate) => tracing::warn!("batch met stored records twice; retrying"),
-            Err(CommitError::Unavailable(error)) => streak.failed(&error),
-            Err(CommitError::TimedOut(after)) => streak.failed(&format!(
-                "PostgreSQL did not answer within {}s (DB_TIMEOUT); the connection is dropped",
-                after.as_secs_f64()
-            )),
+            Err(error @ (CommitError::Unavailable(_) | CommitError::TimedOut(_))) => {
+                streak.failed(&error.to_string())
+            }
         }
         if !backoff.wait(shutdown).await {
             return Committed::ShutDown;
@@ -339,10 +338,7 @@ async fn commit_in(
     mode: Mode,
 ) -> Result<Written, CommitError> {
     let pool = &sink.pool;
-    let db = pool
-        .get()
-        .await
-        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+    let db = pool.get().await.map_err(|e| CommitError::Unavailable(e.into()))?;
     let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
     let classify = |e| CommitError::classify(e, mode);
     let mut db = db;

@@ -9,9 +9,10 @@ use super::KafkaError;
 /// Errors talking to the group coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
-    /// A bad `KAFKA_*` setting (the message says which).
-    #[error("{0}")]
-    Config(String),
+    /// A bad `KAFKA_*` setting, or a broker that cannot be reached (the
+    /// message says which).
+    #[error(transparent)]
+    Kafka(Box<KafkaError>),
     #[error(
         "cannot reach the Kafka broker at {broker} (KAFKA_BROKER): {reason}; start a broker or fix KAFKA_BROKER"
     )]
@@ -86,7 +87,7 @@ pub enum GroupError {
 
 impl From<KafkaError> for GroupError {
     fn from(error: KafkaError) -> Self {
-        Self::Config(error.to_string())
+        Self::Kafka(Box::new(error))
     }
 }
 

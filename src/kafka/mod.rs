@@ -480,9 +480,18 @@ mod tests {
         assert_eq!(java("a-little-bit-longer-string"), -1_486_304_829);
     }
 
+    /// Kafka's default partitioner (`toPositive(murmur2(key)) % n`), so a
+    /// title lands where a Java producer would put it, for the hashes above.
     #[test]
-    fn same_key_same_partition() {
-        assert_eq!(partition_for(b"5114", 3), partition_for(b"5114", 3));
-        assert!((0..3).contains(&partition_for(b"1", 3)));
+    fn keys_land_where_kafkas_default_partitioner_puts_them() {
+        assert_eq!(partition_for(b"21", 3), 0);
+        assert_eq!(partition_for(b"foobar", 3), 0);
+        assert_eq!(partition_for(b"a-little-bit-long-string", 12), 8);
+        assert_eq!(partition_for(b"a-little-bit-longer-string", 7), 0);
+        for n in [1, 2, 3, 7, 64] {
+            for key in 0..500 {
+                assert!((0..n).contains(&partition_for(key.to_string().as_bytes(), n)));
+            }
+        }
     }
 }

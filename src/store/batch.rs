@@ -26,6 +26,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::StoreError;
 use super::positions::{self, Position};
 use super::{NOTIFY_CHANNEL, lock_commit_order};
 use crate::event::{Event, EventType, Measure, Score};
@@ -108,21 +109,28 @@ pub struct Written {
 }
 
 /// Why a batch did not commit.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     /// Some record of the batch is stored already (only in [`Mode::Fresh`]).
+    #[error("some record of the batch is stored already")]
     Duplicate,
     /// The stored position of these partitions is on a newer log than the
     /// batch was read from: the batch must not be written for them.
+    #[error("partitions {0:?} are stored from a newer log")]
     Stale(Vec<i32>),
-    /// The database refused the data itself (SQLSTATE class 22 or 23).
-    Data(String),
+    /// The database refused the data itself (SQLSTATE class 22 or 23);
+    /// [`CommitError::reason`] is what a dead letter keeps of it.
+    #[error("the database refused the data: {}", crate::db::error_text(.0))]
+    Data(#[source] tokio_postgres::Error),
     /// Anything else: connection, pool, server restarting.
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
     /// The lease of these partitions is no longer this process's (see
     /// [`Fence`]): another consumer reads them now.
+    #[error("partitions {0:?} are leased to another consumer now")]
     Fenced(Vec<i32>),
     /// PostgreSQL did not answer within this long.
+    #[error("PostgreSQL did not answer within {}s (DB_TIMEOUT); the connection is dropped", .0.as_secs_f64())]
     TimedOut(std::time::Duration),
 }
 
@@ -151,10 +159,17 @@ impl CommitError {
     pub fn classify(error: tokio_postgres::Error, mode: Mode) -> Self {
         match error.code() {
             Some(code) if *code == SqlState::UNIQUE_VIOLATION && mode == Mode::Fresh => Self::Duplicate,
-            Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => {
-                Self::Data(crate::db::error_text(&error))
-            }
-            _ => Self::Unavailable(crate::db::error_text(&error)),
+            Some(code) if code.code().starts_with("22") || code.code().starts_with("23") => Self::Data(error),
+            _ => Self::Unavailable(error.into()),
+        }
+    }
+
+    /// The server's own words for a refusal of the data, as a dead letter
+    /// keeps them; for anything else, the whole message.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Data(error) => crate::db::error_text(error),
+            other => other.to_string(),
         }
     }
 }

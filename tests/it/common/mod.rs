@@ -22,6 +22,7 @@ use rand::Rng;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client as PgClient, NoTls};
 
 /// A raw record: key and value, either possibly absent.
@@ -144,23 +145,36 @@ impl TestDb {
             .unwrap_or(5432)
     }
 
-    /// The first column of the first row of `sql` as i64 (0 when the database is not there yet).
+    /// The first column of the first row of `sql` as i64. Nothing stored
+    /// yet reads as 0: no database yet, no migrations yet, no row, or NULL
+    /// (`max` of nothing). Any other failure panics with the query, so a
+    /// wrong query fails the test instead of reading as 0.
     pub async fn count(&self, sql: &str) -> i64 {
-        match tokio_postgres::connect(&self.url, NoTls).await {
-            Ok((client, conn)) => {
-                let driver = tokio::spawn(conn);
-                let n = client
-                    .query_one(sql, &[])
-                    .await
-                    .map(|r| r.get::<_, i64>(0))
-                    .unwrap_or(0);
-                drop(client);
-                let _ = driver.await;
-                n
-            }
-            Err(_) => 0,
-        }
+        let (client, conn) = match tokio_postgres::connect(&self.url, NoTls).await {
+            Ok(connected) => connected,
+            Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => return 0,
+            Err(e) => panic!("cannot connect to {} for {sql:?}: {e}", self.url),
+        };
+        let driver = tokio::spawn(conn);
+        let n = match client.query_opt(sql, &[]).await {
+            Ok(row) => row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && !has_history(&client).await => 0,
+            Err(e) => panic!("{sql:?} failed: {}", catlog_live::db::error_text(&e)),
+        };
+        drop(client);
+        let _ = driver.await;
+        n
     }
+}
+
+/// Whether the migrations have made the tables on `client`'s database
+/// (the history table stands for them all: the first migration makes them
+/// together).
+async fn has_history(client: &PgClient) -> bool {
+    client
+        .query_one("SELECT to_regclass('popularity_events') IS NOT NULL", &[])
+        .await
+        .is_ok_and(|r| r.get(0))
 }
 
 impl Drop for TestDb {
