@@ -72,8 +72,7 @@ fn without_code_spans(line: &str) -> String {
         }
         let run = chars[i..].iter().take_while(|&&c| c == '`').count();
         let close = (i + run..chars.len()).find(|&j| {
-            chars[j..].iter().take_while(|&&c| c == '`').count() == run
-                && (j == 0 || chars[j - 1] != '`')
+            chars[j..].iter().take_while(|&&c| c == '`').count() == run && (j == 0 || chars[j - 1] != '`')
         });
         match close {
             Some(j) => {
@@ -132,8 +131,12 @@ fn rendered(heading: &str) -> String {
     let mut out = String::new();
     let mut rest = heading;
     while let Some(open) = rest.find('[') {
-        let Some(close) = rest[open..].find("](") else { break };
-        let Some(end) = rest[open + close..].find(')') else { break };
+        let Some(close) = rest[open..].find("](") else {
+            break;
+        };
+        let Some(end) = rest[open + close..].find(')') else {
+            break;
+        };
         out.push_str(&rest[..open]);
         out.push_str(&rest[open + 1..open + close]);
         rest = &rest[open + close + end + 1..];
@@ -173,7 +176,11 @@ fn anchors(text: &str) -> Vec<String> {
         let text = text.trim().trim_end_matches('#').trim_end();
         let base = slug(text);
         let seen = count.entry(base.clone()).or_insert(0);
-        out.push(if *seen == 0 { base.clone() } else { format!("{base}-{seen}") });
+        out.push(if *seen == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{seen}")
+        });
         *seen += 1;
     }
     out
@@ -258,7 +265,12 @@ fn every_relative_link_in_the_docs_resolves() {
         }
     }
     assert!(links > 0, "no links found: is the link parser broken?");
-    assert!(broken.is_empty(), "{} broken link(s):\n{}", broken.len(), broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "{} broken link(s):\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -273,9 +285,18 @@ fn the_readme_stays_a_front_door() {
 
 #[test]
 fn slugs_follow_githubs_rules() {
-    assert_eq!(slug("When the broker's log is new"), "when-the-brokers-log-is-new");
-    assert_eq!(slug("Security (all off by default)"), "security-all-off-by-default");
-    assert_eq!(slug("Who may embed: `ALLOWED_ORIGINS`"), "who-may-embed-allowed_origins");
+    assert_eq!(
+        slug("When the broker's log is new"),
+        "when-the-brokers-log-is-new"
+    );
+    assert_eq!(
+        slug("Security (all off by default)"),
+        "security-all-off-by-default"
+    );
+    assert_eq!(
+        slug("Who may embed: `ALLOWED_ORIGINS`"),
+        "who-may-embed-allowed_origins"
+    );
     assert_eq!(slug("Fan-out"), "fan-out");
     assert_eq!(slug("A — B"), "a--b");
     assert_eq!(slug("See [the docs](docs/x.md)"), "see-the-docs");
