@@ -58,19 +58,17 @@ pub(super) async fn run(
     partition: i32,
     queue: mpsc::Sender<Work>,
 ) {
-    // Only dropping this task stops it; the token is never cancelled.
-    let never = CancellationToken::new();
     let mut backoff = Backoff::standard();
     let mut failing = Streak::new("cannot read the partition from the broker; retrying");
     let client = open(&broker, &settings.topic, partition, &mut failing, &mut backoff).await;
-    let (mut position, mut checked) = loop {
+    let (position, checked) = loop {
         match start(&settings, &pool, &client, partition).await {
             Ok(start) => break start,
             Err(error) => failing.failed(&format!(
                 "partition {partition}: cannot find the start offset: {error}"
             )),
         }
-        backoff.wait(&never).await;
+        backoff.wait(&CancellationToken::new()).await;
     };
     tracing::info!(
         partition,
@@ -80,96 +78,32 @@ pub(super) async fn run(
     );
     let mut reader = Reader {
         settings,
+        broker,
         client,
         partition,
         queue,
+        position,
+        checked,
+        backoff,
+        failing,
     };
     loop {
-        if !checked {
-            match reader.client.check_log(position.next_offset, position.last).await {
-                Ok(LogCheck::Same) => checked = true,
-                Ok(LogCheck::New { log_end, why }) => match reader.new_log(position, log_end, why).await {
-                    Ok(Some(next)) => {
-                        position = next;
-                        checked = true;
-                    }
-                    Ok(None) => return,
-                    Err(error) => {
-                        failing.failed(&format!(
-                            "partition {partition}: cannot find where the new log starts: {error}"
-                        ));
-                        reader.after(&error, &broker, &mut failing, &mut backoff).await;
-                    }
-                },
-                Err(error) => {
-                    failing.failed(&format!("partition {partition}: cannot check the log: {error}"));
-                    reader.after(&error, &broker, &mut failing, &mut backoff).await;
-                }
-            }
-            continue;
-        }
-        let fetched = reader
-            .client
-            .fetch(
-                position.next_offset,
-                1..FETCH_MAX_BYTES,
-                reader.settings.fetch_wait_ms,
-            )
-            .await;
-        match fetched {
-            Ok((records, high_watermark)) => {
-                backoff.reset();
-                failing.ended("reading the partition again");
-                if high_watermark < position.next_offset {
-                    // The log ends below where we are: it is not the log we read.
-                    checked = false;
-                    continue;
-                }
-                metrics::gauge!("catlog_consumer_fetch_lag", "partition" => partition.to_string())
-                    .set((high_watermark - position.next_offset) as f64);
-                let records: Vec<_> = records
-                    .into_iter()
-                    .filter(|r| r.offset >= position.next_offset)
-                    .collect();
-                let Some(last) = records.last() else { continue };
-                position = Position {
-                    next_offset: last.offset + 1,
-                    log_epoch: position.log_epoch,
-                    last: Some(RecordMark::of(&last.record)),
-                };
-                if !reader.send(position.log_epoch, records).await {
-                    return;
-                }
-            }
-            Err(KafkaError::Client(e)) if kafka::is_offset_out_of_range(&e) => {
-                match reader.client.offset(OffsetAt::Earliest).await {
-                    Ok(earliest) if earliest > position.next_offset => {
-                        tracing::warn!(
-                            partition,
-                            offset = position.next_offset,
-                            earliest,
-                            "records before {earliest} are gone from the broker; skipping ahead"
-                        );
-                        position.next_offset = earliest;
-                        position.last = None;
-                    }
-                    // Beyond the end rather than before the start: look at the log.
-                    Ok(_) => checked = false,
-                    Err(error) => {
-                        failing.failed(&format!("partition {partition}: offset out of range: {error}"));
-                        checked = false;
-                        reader.after(&error, &broker, &mut failing, &mut backoff).await;
-                    }
-                }
-            }
-            Err(error) => {
-                // The broker may come back as another one: look at the log first.
-                failing.failed(&format!("partition {partition}: fetch failed: {error}"));
-                checked = false;
-                reader.after(&error, &broker, &mut failing, &mut backoff).await;
-            }
+        let step = if reader.checked {
+            reader.fetch().await
+        } else {
+            reader.check_log().await
+        };
+        if let Step::WriterGone = step {
+            return;
         }
     }
+}
+
+/// What a reader's step left it with.
+enum Step {
+    Continue,
+    /// The writer is gone: the consumer is stopping.
+    WriterGone,
 }
 
 /// A client for the partition, retried until one opens.
@@ -199,20 +133,7 @@ async fn start(
     client: &Partition,
     partition: i32,
 ) -> Result<(Position, bool), ConsumeError> {
-    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
-    let db = crate::db::bounded(limit, "a pool checkout", async {
-        Ok::<_, crate::store::StoreError>(pool.get().await?)
-    })
-    .await?;
-    let client_db: &tokio_postgres::Client = &db;
-    let stored = crate::db::bounded(limit, "reading the stored positions", async {
-        Ok::<_, crate::store::StoreError>(
-            positions::positions(client_db, &settings.group, &settings.topic).await?,
-        )
-    })
-    .await;
-    crate::db::discard_on_timeout(db, &stored);
-    let stored = stored?;
+    let stored = positions::stored(pool, &settings.group, &settings.topic).await?;
     if let Some(position) = stored.get(&partition) {
         return Ok((*position, false));
     }
@@ -233,26 +154,149 @@ async fn start_offset(start_from: StartFrom, client: &Partition) -> Result<i64, 
     }
 }
 
+/// One partition's reader between steps: where it is, and whether that
+/// position has been checked against the log since the last start or
+/// failure.
 struct Reader {
     settings: ConsumerSettings,
+    broker: Broker,
     client: Partition,
     partition: i32,
     queue: mpsc::Sender<Work>,
+    position: Position,
+    checked: bool,
+    backoff: Backoff,
+    failing: Streak,
 }
 
 impl Reader {
-    /// After a failed request: a pause, and a new client when the old one
-    /// went unanswered (its connection may hang for good).
-    async fn after(
-        &mut self,
-        error: &KafkaError,
-        broker: &Broker,
-        failing: &mut Streak,
-        backoff: &mut Backoff,
-    ) {
-        backoff.wait(&CancellationToken::new()).await;
+    /// Looks at the log: is it still the one the position belongs to? If
+    /// not, the partition starts again in the new one.
+    async fn check_log(&mut self) -> Step {
+        let partition = self.partition;
+        match self
+            .client
+            .check_log(self.position.next_offset, self.position.last)
+            .await
+        {
+            Ok(LogCheck::Same) => self.checked = true,
+            Ok(LogCheck::New { log_end, why }) => match self.new_log(self.position, log_end, why).await {
+                Ok(Some(next)) => {
+                    self.position = next;
+                    self.checked = true;
+                }
+                Ok(None) => return Step::WriterGone,
+                Err(error) => {
+                    self.failed(
+                        &error,
+                        format!("partition {partition}: cannot find where the new log starts: {error}"),
+                    )
+                    .await
+                }
+            },
+            Err(error) => {
+                self.failed(
+                    &error,
+                    format!("partition {partition}: cannot check the log: {error}"),
+                )
+                .await
+            }
+        }
+        Step::Continue
+    }
+
+    /// One fetch from the position, handed to the writer.
+    async fn fetch(&mut self) -> Step {
+        let partition = self.partition;
+        let fetched = self
+            .client
+            .fetch(
+                self.position.next_offset,
+                1..FETCH_MAX_BYTES,
+                self.settings.fetch_wait_ms,
+            )
+            .await;
+        match fetched {
+            Ok((records, high_watermark)) => {
+                self.backoff.reset();
+                self.failing.ended("reading the partition again");
+                if high_watermark < self.position.next_offset {
+                    // The log ends below where we are: it is not the log we read.
+                    self.checked = false;
+                    return Step::Continue;
+                }
+                metrics::gauge!("catlog_consumer_fetch_lag", "partition" => partition.to_string())
+                    .set((high_watermark - self.position.next_offset) as f64);
+                let records: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.offset >= self.position.next_offset)
+                    .collect();
+                let Some(last) = records.last() else {
+                    return Step::Continue;
+                };
+                self.position = Position {
+                    next_offset: last.offset + 1,
+                    log_epoch: self.position.log_epoch,
+                    last: Some(RecordMark::of(&last.record)),
+                };
+                if !self.send(self.position.log_epoch, records).await {
+                    return Step::WriterGone;
+                }
+            }
+            Err(KafkaError::Client(e)) if kafka::is_offset_out_of_range(&e) => self.out_of_range().await,
+            Err(error) => {
+                // The broker may come back as another one: look at the log first.
+                self.checked = false;
+                self.failed(&error, format!("partition {partition}: fetch failed: {error}"))
+                    .await;
+            }
+        }
+        Step::Continue
+    }
+
+    /// The position is outside the log: before its start (records expired
+    /// or deleted: skip ahead to the earliest), or beyond its end (look at
+    /// the log).
+    async fn out_of_range(&mut self) {
+        let partition = self.partition;
+        match self.client.offset(OffsetAt::Earliest).await {
+            Ok(earliest) if earliest > self.position.next_offset => {
+                tracing::warn!(
+                    partition,
+                    offset = self.position.next_offset,
+                    earliest,
+                    "records before {earliest} are gone from the broker; skipping ahead"
+                );
+                self.position.next_offset = earliest;
+                self.position.last = None;
+            }
+            Ok(_) => self.checked = false,
+            Err(error) => {
+                self.checked = false;
+                self.failed(
+                    &error,
+                    format!("partition {partition}: offset out of range: {error}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// After a failed request: said (once per run of failures), a pause,
+    /// and a new client when the old one went unanswered (its connection
+    /// may hang for good).
+    async fn failed(&mut self, error: &KafkaError, said: String) {
+        self.failing.failed(&said);
+        self.backoff.wait(&CancellationToken::new()).await;
         if error.is_silent() {
-            self.client = open(broker, &self.settings.topic, self.partition, failing, backoff).await;
+            self.client = open(
+                &self.broker,
+                &self.settings.topic,
+                self.partition,
+                &mut self.failing,
+                &mut self.backoff,
+            )
+            .await;
         }
     }
 

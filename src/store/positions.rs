@@ -35,9 +35,22 @@ pub async fn positions(
     group: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, Position>, tokio_postgres::Error> {
-    let rows = db.query(LOAD_POSITIONS, &[&group, &topic]).await?;
-    Ok(rows
-        .iter()
+    Ok(from_rows(&db.query(LOAD_POSITIONS, &[&group, &topic]).await?))
+}
+
+/// The same on a connection of `pool`, the checkout and the query each
+/// bounded by `DB_TIMEOUT`.
+pub async fn stored(
+    pool: &deadpool_postgres::Pool,
+    group: &str,
+    topic: &str,
+) -> super::Result<BTreeMap<i32, Position>> {
+    let db = super::checkout(pool).await?;
+    Ok(from_rows(&db.query(LOAD_POSITIONS, &[&group, &topic]).await?))
+}
+
+fn from_rows(rows: &[tokio_postgres::Row]) -> BTreeMap<i32, Position> {
+    rows.iter()
         .map(|r| {
             let last = r.get::<_, Option<DateTime<Utc>>>(3).map(|time| RecordMark {
                 time,
@@ -52,7 +65,7 @@ pub async fn positions(
                 },
             )
         })
-        .collect())
+        .collect()
 }
 
 /// How long since each stored position of a group on a topic last moved.
