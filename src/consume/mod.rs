@@ -90,7 +90,7 @@ pub async fn run(
     mirror: Option<GroupClient>,
     shutdown: CancellationToken,
 ) {
-    let (owned_tx, mut owned_rx) = watch::channel(BTreeSet::new());
+    let (owned_tx, owned_rx) = watch::channel(BTreeSet::new());
     let (fence_tx, fence_rx) = watch::channel(None);
     let (stored_tx, stored_rx) = watch::channel(mirror::Stored::default());
     let stop_leases = CancellationToken::new();
@@ -107,22 +107,10 @@ pub async fn run(
         stop_leases.clone(),
     )));
 
-    // The lag, measured on its own schedule: it grows while a fetch hangs.
-    let (lag_tx, _) = watch::channel(None);
-    let lag = AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(
-        crate::lag::Source {
-            kafka: kafka.clone(),
-            pool: pool.clone(),
-            group: settings.group.clone(),
-            topic: settings.topic.clone(),
-            stalled_after: settings.stalled_after,
-        },
-        lag_tx,
-        shutdown.clone(),
-    )));
+    let lag = measure_lag(&settings, &kafka, &pool, &shutdown);
 
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE_DEPTH);
-    let (restart_tx, mut restart_rx) = mpsc::channel(QUEUE_DEPTH);
+    let (restart_tx, restart_rx) = mpsc::channel(QUEUE_DEPTH);
     let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
         settings.clone(),
         writer::Sink {
@@ -146,33 +134,13 @@ pub async fn run(
         )))
     });
 
-    let mut readers: HashMap<i32, AbortOnDropHandle<()>> = HashMap::new();
-    loop {
-        let owned = owned_rx.borrow_and_update().clone();
-        readers.retain(|p, _| owned.contains(p));
-        for &p in &owned {
-            readers.entry(p).or_insert_with(|| {
-                AbortOnDropHandle::new(tokio::spawn(fetch::run(
-                    settings.clone(),
-                    pool.clone(),
-                    kafka.clone(),
-                    p,
-                    queue_tx.clone(),
-                )))
-            });
-        }
-        tokio::select! {
-            changed = owned_rx.changed() => if changed.is_err() { break },
-            Some(stale) = restart_rx.recv() => {
-                // It read from a log older than the stored one: start it again.
-                tracing::info!(partition = stale, "position moved to a newer log elsewhere; restarting the partition's reader");
-                readers.remove(&stale);
-            }
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    drop(readers);
-    drop(queue_tx);
+    let readers = Readers {
+        settings: settings.clone(),
+        pool: pool.clone(),
+        kafka: kafka.clone(),
+        queue: queue_tx,
+    };
+    readers.follow(owned_rx, restart_rx, &shutdown).await;
     let _ = writer.await;
     // The mirror's last round copies the last batch's offsets, while the
     // partitions are still ours.
@@ -185,4 +153,71 @@ pub async fn run(
     let _ = leases.await;
     drop(lag);
     tracing::info!("consumer stopped");
+}
+
+/// The lag, measured on its own schedule (it grows while a fetch hangs),
+/// for the consumer's metrics.
+fn measure_lag(
+    settings: &ConsumerSettings,
+    kafka: &Broker,
+    pool: &Pool,
+    shutdown: &CancellationToken,
+) -> AbortOnDropHandle<()> {
+    let (lag_tx, _) = watch::channel(None);
+    let source = crate::lag::Source {
+        kafka: kafka.clone(),
+        pool: pool.clone(),
+        group: settings.group.clone(),
+        topic: settings.topic.clone(),
+        stalled_after: settings.stalled_after,
+    };
+    AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(source, lag_tx, shutdown.clone())))
+}
+
+/// One reader per partition this process holds, into the writer's queue.
+struct Readers {
+    settings: ConsumerSettings,
+    pool: Pool,
+    kafka: Broker,
+    queue: mpsc::Sender<fetch::Work>,
+}
+
+impl Readers {
+    /// Keeps a reader on each partition in `owned` (started when one is
+    /// won, dropped when one is lost) until `shutdown`; a reader that read
+    /// from an older log than the stored one is started again. Returns with
+    /// every reader dropped, the queue closed behind them.
+    async fn follow(
+        self,
+        mut owned: watch::Receiver<BTreeSet<i32>>,
+        mut restart: mpsc::Receiver<i32>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut readers: HashMap<i32, AbortOnDropHandle<()>> = HashMap::new();
+        loop {
+            let now = owned.borrow_and_update().clone();
+            readers.retain(|p, _| now.contains(p));
+            for &p in &now {
+                readers.entry(p).or_insert_with(|| self.spawn(p));
+            }
+            tokio::select! {
+                changed = owned.changed() => if changed.is_err() { break },
+                Some(stale) = restart.recv() => {
+                    tracing::info!(partition = stale, "position moved to a newer log elsewhere; restarting the partition's reader");
+                    readers.remove(&stale);
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    fn spawn(&self, partition: i32) -> AbortOnDropHandle<()> {
+        AbortOnDropHandle::new(tokio::spawn(fetch::run(
+            self.settings.clone(),
+            self.pool.clone(),
+            self.kafka.clone(),
+            partition,
+            self.queue.clone(),
+        )))
+    }
 }
