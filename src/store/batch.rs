@@ -291,7 +291,6 @@ pub async fn write(
         return Err(CommitError::Stale(stale));
     }
     let mut written = Written::default();
-
     if !batch.rows.is_empty() {
         let inserted = insert_events(tx, topic, &batch.rows, mode)
             .await
@@ -301,51 +300,70 @@ pub async fn write(
             upsert_live(tx, &inserted).await.map_err(classify)?;
         }
     }
-
     if !batch.dead_letters.is_empty() {
-        let dead = &batch.dead_letters;
-        let partitions: Vec<i32> = dead.iter().map(|d| d.partition).collect();
-        let epochs: Vec<i32> = dead.iter().map(|d| d.log_epoch).collect();
-        let offsets: Vec<i64> = dead.iter().map(|d| d.offset).collect();
-        let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
-        let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
-        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-        let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await.map_err(classify)?;
-        written.dead_letters = tx
-            .execute(
-                &statement,
-                &[&topic, &partitions, &epochs, &offsets, &keys, &payloads, &reasons],
-            )
+        written.dead_letters = insert_dead_letters(tx, topic, &batch.dead_letters)
             .await
             .map_err(classify)?;
     }
-
     if !batch.positions.is_empty() {
-        let positions = batch.positions.values();
-        let partitions: Vec<i32> = batch.positions.keys().copied().collect();
-        let offsets: Vec<i64> = positions.clone().map(|p| p.next_offset).collect();
-        let epochs: Vec<i32> = positions.clone().map(|p| p.log_epoch).collect();
-        let times: Vec<Option<DateTime<Utc>>> = positions.clone().map(|p| p.last.map(|m| m.time)).collect();
-        let ids: Vec<Option<Uuid>> = positions.map(|p| p.last.and_then(|m| m.event_id)).collect();
-        let statement = tx.prepare_cached(SAVE_POSITIONS).await.map_err(classify)?;
-        written.positions = tx
-            .query(
-                &statement,
-                &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
-            )
+        written.positions = save_positions(tx, group, topic, &batch.positions)
             .await
-            .map_err(classify)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+            .map_err(classify)?;
     }
-
     if written.events > 0 || written.dead_letters > 0 {
         tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
             .await
             .map_err(classify)?;
     }
     Ok(written)
+}
+
+/// Inserts `dead` (those stored already are skipped); how many were new.
+async fn insert_dead_letters(
+    tx: &Transaction<'_>,
+    topic: &str,
+    dead: &[DeadLetter],
+) -> Result<u64, tokio_postgres::Error> {
+    let partitions: Vec<i32> = dead.iter().map(|d| d.partition).collect();
+    let epochs: Vec<i32> = dead.iter().map(|d| d.log_epoch).collect();
+    let offsets: Vec<i64> = dead.iter().map(|d| d.offset).collect();
+    let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
+    let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
+    tx.execute(
+        &statement,
+        &[&topic, &partitions, &epochs, &offsets, &keys, &payloads, &reasons],
+    )
+    .await
+}
+
+/// Moves `group`'s positions forward to `positions`; the next offset now
+/// stored for each partition it moved.
+async fn save_positions(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    positions: &BTreeMap<i32, Position>,
+) -> Result<BTreeMap<i32, i64>, tokio_postgres::Error> {
+    let partitions: Vec<i32> = positions.keys().copied().collect();
+    let offsets: Vec<i64> = positions.values().map(|p| p.next_offset).collect();
+    let epochs: Vec<i32> = positions.values().map(|p| p.log_epoch).collect();
+    let times: Vec<Option<DateTime<Utc>>> = positions.values().map(|p| p.last.map(|m| m.time)).collect();
+    let ids: Vec<Option<Uuid>> = positions
+        .values()
+        .map(|p| p.last.and_then(|m| m.event_id))
+        .collect();
+    let statement = tx.prepare_cached(SAVE_POSITIONS).await?;
+    Ok(tx
+        .query(
+            &statement,
+            &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// Partitions of `batch` whose lease `fence` no longer holds.
