@@ -10,7 +10,7 @@ use crate::config::{DbArgs, GroupArgs, KafkaArgs};
 use crate::db::{Database, DbError, Session, error_text};
 use crate::kafka::{self, Broker};
 use crate::lag::{self, LogEnds, PartitionLag};
-use crate::store::partitions;
+use crate::store::{partitions, schema};
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,12 +215,7 @@ async fn database(args: &DbArgs) -> (Check, Option<(Database, Session)>) {
     };
     match db.session().await {
         Ok(session) => {
-            let version: String = session
-                .client
-                .query_one("SHOW server_version", &[])
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or_default();
+            let version = schema::server_version(&session.client).await.unwrap_or_default();
             let check = Check::pass(
                 "database",
                 format!("{} answers (PostgreSQL {version})", db.target()),
@@ -260,40 +255,16 @@ async fn migrations(db: &Database) -> Check {
     }
 }
 
-/// The tables and the view the pipeline needs.
-const TABLES: [&str; 6] = [
-    "live_popularity",
-    "popularity_events",
-    "consumer_offsets",
-    "dead_letters",
-    "log_resets",
-    "LivePopularity",
-];
-
 /// Whether the tables are there.
 async fn tables(db: &tokio_postgres::Client) -> Check {
-    let found: Vec<String> = db
-        .query(
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = ANY($1)",
-            &[&TABLES.to_vec()],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    let missing: Vec<&str> = TABLES
-        .iter()
-        .copied()
-        .filter(|t| !found.iter().any(|f| f == t))
-        .collect();
-    if missing.is_empty() {
-        Check::pass("tables", TABLES.join(", "))
-    } else {
-        Check::fail(
+    match schema::missing_tables(db).await {
+        Ok(missing) if missing.is_empty() => Check::pass("tables", schema::TABLES.join(", ")),
+        Ok(missing) => Check::fail(
             "tables",
             format!("missing: {}", missing.join(", ")),
             "run `catlog-live migrate`",
-        )
+        ),
+        Err(e) => Check::fail("tables", error_text(&e), "run `catlog-live migrate`"),
     }
 }
 

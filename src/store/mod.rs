@@ -8,10 +8,11 @@
 //! * [`history`] — history rows and current state read back as events and
 //!   anime (for `serve`); both directions of event ↔ columns live here and
 //!   in [`batch`].
-//! * [`partitions`] — the history's daily partitions, made ahead of time,
+//! * [`partitions`] — the history's weekly partitions, made ahead of time,
 //!   and its size.
-//! * [`retention`] — removing old history.
+//! * [`retention`] — removing old history, a whole week at a time.
 //! * [`upkeep`] — both, and the history's size as metrics, once a minute.
+//! * [`schema`] — what `doctor` asks the database about itself.
 //!
 //! Two names tie writers and readers together: every transaction that
 //! writes positions takes [`COMMIT_ORDER_LOCK`] first (so history ids become
@@ -23,6 +24,7 @@ pub mod history;
 pub mod partitions;
 pub mod positions;
 pub mod retention;
+pub mod schema;
 pub mod upkeep;
 
 pub use batch::{Batch, CommitError, DeadLetter, Fence, Mode, Row, Written};
