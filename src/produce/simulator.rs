@@ -93,8 +93,9 @@ const TAKE_TURNS: f64 = 0.85;
 /// Below this, a decay factor is folded back into the values it scales.
 const RESCALE_BELOW: f64 = 1e-100;
 
+/// One title as the simulator moves it.
 #[derive(Debug, Clone)]
-struct AnimeState {
+struct Simulated {
     mal_id: i32,
     title: String,
     /// Where the score reverts to (the catalog score), in hundredths.
@@ -114,7 +115,7 @@ struct AnimeState {
 /// The simulator: per-anime state and the random generator.
 pub struct Simulator {
     rng: StdRng,
-    anime: Vec<AnimeState>,
+    anime: Vec<Simulated>,
     /// Running sums of `popularity`, in `anime` order, to pick by binary search.
     cumulative: Vec<f64>,
     /// Titles with buzz: index into `anime` and buzz divided by `buzz_scale`.
@@ -145,12 +146,12 @@ impl Simulator {
         for (place, &i) in by_members.iter().enumerate() {
             popularity[i] = zipf(place + 1);
         }
-        let anime: Vec<AnimeState> = source
+        let anime: Vec<Simulated> = source
             .iter()
             .zip(&popularity)
             .map(|(a, &popularity)| {
                 let hundredths = (a.score * 100.0).round().clamp(0.0, 1000.0) as u16;
-                AnimeState {
+                Simulated {
                     mal_id: a.mal_id,
                     title: a.title.clone(),
                     mean_score: f64::from(hundredths),
