@@ -259,7 +259,7 @@ pub struct ProducerOptions {
     pub seed: Option<u64>,
 
     /// Your own catalog instead of the built-in one: a .csv or .json file
-    /// (see the README for the columns).
+    /// (see docs/operations.md for the columns).
     #[arg(long = "catalog", env = "PRODUCER_CATALOG", value_name = "FILE")]
     pub catalog: Option<PathBuf>,
 }
