@@ -411,11 +411,6 @@ async fn start_new_log(
         Ok::<_, ConsumeError>(moved)
     };
     let result = crate::db::bounded(limit, "recording a new log", work).await;
-    if result
-        .as_ref()
-        .is_err_and(|e| matches!(e, ConsumeError::Db(e) if crate::db::AsTimeout::is_timeout(e)))
-    {
-        drop(deadpool_postgres::Object::take(db));
-    }
+    crate::db::discard_on_timeout(db, &result);
     result
 }
