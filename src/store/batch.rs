@@ -16,6 +16,13 @@
 //! The transaction takes [`super::COMMIT_ORDER_LOCK`] first: history ids then
 //! follow commit order, and no two writers of one partition's position
 //! interleave.
+//!
+//! A fresh batch is written in one round trip: every statement, prepared
+//! once per connection, is sent at once and the answers read in order
+//! (tokio-postgres pipelines requests issued together), since the server
+//! would otherwise wait on this client between statements while the commit
+//! lock is held. The server still runs them one after another, the lock
+//! first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
@@ -28,7 +35,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::positions::{self, Position};
-use super::{NOTIFY_CHANNEL, lock_commit_order};
+use super::{COMMIT_ORDER_LOCK, NOTIFY_CHANNEL, lock_commit_order};
 use crate::event::{Event, EventType, Measure, Score};
 
 /// A valid event and where it came from.
@@ -276,6 +283,132 @@ pub async fn write(
     mode: Mode,
     fence: Option<Fence>,
 ) -> Result<Written, CommitError> {
+    match mode {
+        Mode::Fresh => write_pipelined(tx, group, topic, batch, fence).await,
+        Mode::SkipStored => write_in_turn(tx, group, topic, batch, mode, fence).await,
+    }
+}
+
+/// `NOTIFY` of [`NOTIFY_CHANNEL`].
+const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+/// The commit-order lock as plain text, the first statement of a pipelined
+/// batch: nothing to prepare, and a writer waiting for it reads as such
+/// wherever its statements are seen (`pg_stat_activity`, the wire).
+static TAKE_COMMIT_ORDER: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK})"));
+
+/// A fresh batch, every statement sent at once (see the module's comment).
+/// Each answer is looked at in the order the statements ran: after a
+/// refusal the rest fail as "transaction aborted", so the first error says
+/// why; a fence lost or a stale log returns before anything is committed
+/// (the caller rolls the transaction back).
+async fn write_pipelined(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+    fence: Option<Fence>,
+) -> Result<Written, CommitError> {
+    let classify = |e| CommitError::classify(e, Mode::Fresh);
+    // Prepared once per connection, so nothing below waits before sending.
+    let held = tx.prepare_cached(HELD_PARTITIONS).await.map_err(classify)?;
+    let stored = tx
+        .prepare_cached(positions::LOAD_POSITIONS)
+        .await
+        .map_err(classify)?;
+    let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(classify)?;
+    let upsert = tx.prepare_cached(UPSERT_LIVE).await.map_err(classify)?;
+    let dead = tx.prepare_cached(INSERT_DEAD_LETTERS).await.map_err(classify)?;
+    let save = tx.prepare_cached(SAVE_POSITIONS).await.map_err(classify)?;
+    let notify = tx.prepare_cached(NOTIFY).await.map_err(classify)?;
+
+    let rows: Vec<&Row> = batch.rows.iter().collect();
+    let anything = !rows.is_empty() || !batch.dead_letters.is_empty();
+    let (locked, held_rows, stored_rows, inserted, upserted, dead_letters, moved, notified) = futures::join!(
+        async { tx.simple_query(&TAKE_COMMIT_ORDER).await },
+        async {
+            match fence {
+                Some(fence) => {
+                    let wanted = wanted(batch);
+                    tx.query(&held, &[&i64::from(fence.key), &fence.pid, &wanted])
+                        .await
+                        .map(Some)
+                }
+                None => Ok(None),
+            }
+        },
+        async { tx.query(&stored, &[&group, &topic]).await },
+        async {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(&insert, &EventColumns::of(&batch.rows).params(&topic))
+                .await
+        },
+        async {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(&upsert, &LiveColumns::of(&rows).params()).await
+        },
+        async {
+            if batch.dead_letters.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(&dead, &DeadColumns::of(&batch.dead_letters).params(&topic))
+                .await
+        },
+        async {
+            if batch.positions.is_empty() {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                &save,
+                &PositionColumns::of(&batch.positions).params(&group, &topic),
+            )
+            .await
+        },
+        async {
+            if !anything {
+                return Ok(0);
+            }
+            tx.execute(&notify, &[&NOTIFY_CHANNEL]).await
+        },
+    );
+    locked.map_err(classify)?;
+    if let Some(held) = held_rows.map_err(classify)? {
+        let lost = not_held(&held, batch);
+        if !lost.is_empty() {
+            return Err(CommitError::Fenced(lost));
+        }
+    }
+    let stale = on_other_logs(&positions::from_rows(&stored_rows.map_err(classify)?), batch);
+    if !stale.is_empty() {
+        return Err(CommitError::Stale(stale));
+    }
+    inserted.map_err(classify)?;
+    upserted.map_err(classify)?;
+    let dead_letters = dead_letters.map_err(classify)?;
+    let moved = moved.map_err(classify)?;
+    notified.map_err(classify)?;
+    Ok(Written {
+        events: rows.len() as u64,
+        dead_letters,
+        positions: moved.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    })
+}
+
+/// A batch in turn, one statement after another: needed where one
+/// statement's answer decides the next (which rows were new).
+async fn write_in_turn(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+    mode: Mode,
+    fence: Option<Fence>,
+) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, mode);
     lock_commit_order(tx).await.map_err(classify)?;
     if let Some(fence) = fence {
@@ -311,9 +444,7 @@ pub async fn write(
             .map_err(classify)?;
     }
     if written.events > 0 || written.dead_letters > 0 {
-        tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
-            .await
-            .map_err(classify)?;
+        tx.execute(NOTIFY, &[&NOTIFY_CHANNEL]).await.map_err(classify)?;
     }
     Ok(written)
 }
@@ -324,18 +455,9 @@ async fn insert_dead_letters(
     topic: &str,
     dead: &[DeadLetter],
 ) -> Result<u64, tokio_postgres::Error> {
-    let partitions: Vec<i32> = dead.iter().map(|d| d.partition).collect();
-    let epochs: Vec<i32> = dead.iter().map(|d| d.log_epoch).collect();
-    let offsets: Vec<i64> = dead.iter().map(|d| d.offset).collect();
-    let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
-    let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
-    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
-    tx.execute(
-        &statement,
-        &[&topic, &partitions, &epochs, &offsets, &keys, &payloads, &reasons],
-    )
-    .await
+    tx.execute(&statement, &DeadColumns::of(dead).params(&topic))
+        .await
 }
 
 /// Moves `group`'s positions forward to `positions`; the next offset now
@@ -346,20 +468,9 @@ async fn save_positions(
     topic: &str,
     positions: &BTreeMap<i32, Position>,
 ) -> Result<BTreeMap<i32, i64>, tokio_postgres::Error> {
-    let partitions: Vec<i32> = positions.keys().copied().collect();
-    let offsets: Vec<i64> = positions.values().map(|p| p.next_offset).collect();
-    let epochs: Vec<i32> = positions.values().map(|p| p.log_epoch).collect();
-    let times: Vec<Option<DateTime<Utc>>> = positions.values().map(|p| p.last.map(|m| m.time)).collect();
-    let ids: Vec<Option<Uuid>> = positions
-        .values()
-        .map(|p| p.last.and_then(|m| m.event_id))
-        .collect();
     let statement = tx.prepare_cached(SAVE_POSITIONS).await?;
     Ok(tx
-        .query(
-            &statement,
-            &[&group, &topic, &partitions, &offsets, &epochs, &times, &ids],
-        )
+        .query(&statement, &PositionColumns::of(positions).params(&group, &topic))
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -372,19 +483,27 @@ async fn lost_partitions(
     fence: Fence,
     batch: &Batch,
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
-    let wanted: Vec<i64> = batch.positions.keys().map(|p| i64::from(*p)).collect();
-    let held: HashSet<i64> = tx
+    let wanted = wanted(batch);
+    let held = tx
         .query(HELD_PARTITIONS, &[&i64::from(fence.key), &fence.pid, &wanted])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    Ok(batch
+        .await?;
+    Ok(not_held(&held, batch))
+}
+
+/// The partitions of `batch`, as [`HELD_PARTITIONS`] takes them.
+fn wanted(batch: &Batch) -> Vec<i64> {
+    batch.positions.keys().map(|p| i64::from(*p)).collect()
+}
+
+/// Of `batch`'s partitions, those not among `held` (rows of [`HELD_PARTITIONS`]).
+fn not_held(held: &[tokio_postgres::Row], batch: &Batch) -> Vec<i32> {
+    let held: HashSet<i64> = held.iter().map(|r| r.get(0)).collect();
+    batch
         .positions
         .keys()
         .copied()
         .filter(|p| !held.contains(&i64::from(*p)))
-        .collect())
+        .collect()
 }
 
 /// Partitions of `batch` whose stored position is on another log.
@@ -395,12 +514,17 @@ async fn stale_partitions(
     batch: &Batch,
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
     let stored = positions::positions(&**tx, group, topic).await?;
-    Ok(batch
+    Ok(on_other_logs(&stored, batch))
+}
+
+/// Of `batch`'s partitions, those `stored` holds on another log.
+fn on_other_logs(stored: &BTreeMap<i32, Position>, batch: &Batch) -> Vec<i32> {
+    batch
         .positions
         .iter()
         .filter(|(p, pos)| stored.get(p).is_some_and(|s| s.log_epoch != pos.log_epoch))
         .map(|(p, _)| *p)
-        .collect())
+        .collect()
 }
 
 /// Inserts the history rows; returns those actually inserted.
@@ -410,43 +534,8 @@ async fn insert_events<'a>(
     rows: &'a [Row],
     mode: Mode,
 ) -> Result<Vec<&'a Row>, tokio_postgres::Error> {
-    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
-    let epochs: Vec<i32> = rows.iter().map(|r| r.log_epoch).collect();
-    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
-    let ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.event_id).collect();
-    let mal_ids: Vec<i32> = rows.iter().map(|r| r.event.mal_id).collect();
-    let titles: Vec<&str> = rows.iter().map(|r| r.event.title.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event.event_type().as_str()).collect();
-    let mut scores: Vec<Option<String>> = Vec::with_capacity(rows.len());
-    let mut members: Vec<Option<i64>> = Vec::with_capacity(rows.len());
-    let mut ranks: Vec<Option<i32>> = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (s, m, k) = match r.event.measure {
-            Measure::Score(s) => (Some(s.to_string()), None, None),
-            Measure::Members(m) => (None, Some(m), None),
-            Measure::Rank(k) => (None, None, Some(k)),
-        };
-        scores.push(s);
-        members.push(m);
-        ranks.push(k);
-    }
-    let changes: Vec<&str> = rows.iter().map(|r| r.event.popularity_change.as_str()).collect();
-    let times: Vec<_> = rows.iter().map(|r| r.event.timestamp).collect();
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &topic,
-        &partitions,
-        &epochs,
-        &offsets,
-        &ids,
-        &mal_ids,
-        &titles,
-        &types,
-        &scores,
-        &members,
-        &ranks,
-        &changes,
-        &times,
-    ];
+    let columns = EventColumns::of(rows);
+    let params = columns.params(&topic);
     match mode {
         Mode::Fresh => {
             let statement = tx.prepare_cached(INSERT_EVENTS).await?;
@@ -469,6 +558,143 @@ async fn insert_events<'a>(
                 .filter(|r| inserted.remove(&(r.partition, r.log_epoch, r.offset)))
                 .collect())
         }
+    }
+}
+
+/// History rows as the arrays of [`INSERT_EVENTS`].
+struct EventColumns<'a> {
+    partitions: Vec<i32>,
+    epochs: Vec<i32>,
+    offsets: Vec<i64>,
+    ids: Vec<Option<Uuid>>,
+    mal_ids: Vec<i32>,
+    titles: Vec<&'a str>,
+    types: Vec<&'a str>,
+    scores: Vec<Option<String>>,
+    members: Vec<Option<i64>>,
+    ranks: Vec<Option<i32>>,
+    changes: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(rows: &'a [Row]) -> Self {
+        let mut scores = Vec::with_capacity(rows.len());
+        let mut members = Vec::with_capacity(rows.len());
+        let mut ranks = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (s, m, k) = match r.event.measure {
+                Measure::Score(s) => (Some(s.to_string()), None, None),
+                Measure::Members(m) => (None, Some(m), None),
+                Measure::Rank(k) => (None, None, Some(k)),
+            };
+            scores.push(s);
+            members.push(m);
+            ranks.push(k);
+        }
+        Self {
+            partitions: rows.iter().map(|r| r.partition).collect(),
+            epochs: rows.iter().map(|r| r.log_epoch).collect(),
+            offsets: rows.iter().map(|r| r.offset).collect(),
+            ids: rows.iter().map(|r| r.event_id).collect(),
+            mal_ids: rows.iter().map(|r| r.event.mal_id).collect(),
+            titles: rows.iter().map(|r| r.event.title.as_str()).collect(),
+            types: rows.iter().map(|r| r.event.event_type().as_str()).collect(),
+            scores,
+            members,
+            ranks,
+            changes: rows.iter().map(|r| r.event.popularity_change.as_str()).collect(),
+            times: rows.iter().map(|r| r.event.timestamp).collect(),
+        }
+    }
+
+    fn params<'p>(&'p self, topic: &'p &str) -> [&'p (dyn ToSql + Sync); 13] {
+        [
+            topic,
+            &self.partitions,
+            &self.epochs,
+            &self.offsets,
+            &self.ids,
+            &self.mal_ids,
+            &self.titles,
+            &self.types,
+            &self.scores,
+            &self.members,
+            &self.ranks,
+            &self.changes,
+            &self.times,
+        ]
+    }
+}
+
+/// Dead letters as the arrays of [`INSERT_DEAD_LETTERS`].
+struct DeadColumns<'a> {
+    partitions: Vec<i32>,
+    epochs: Vec<i32>,
+    offsets: Vec<i64>,
+    keys: Vec<Option<&'a [u8]>>,
+    payloads: Vec<Option<&'a [u8]>>,
+    reasons: Vec<&'a str>,
+}
+
+impl<'a> DeadColumns<'a> {
+    fn of(dead: &'a [DeadLetter]) -> Self {
+        Self {
+            partitions: dead.iter().map(|d| d.partition).collect(),
+            epochs: dead.iter().map(|d| d.log_epoch).collect(),
+            offsets: dead.iter().map(|d| d.offset).collect(),
+            keys: dead.iter().map(|d| d.key.as_deref()).collect(),
+            payloads: dead.iter().map(|d| d.payload.as_deref()).collect(),
+            reasons: dead.iter().map(|d| d.reason.as_str()).collect(),
+        }
+    }
+
+    fn params<'p>(&'p self, topic: &'p &str) -> [&'p (dyn ToSql + Sync); 7] {
+        [
+            topic,
+            &self.partitions,
+            &self.epochs,
+            &self.offsets,
+            &self.keys,
+            &self.payloads,
+            &self.reasons,
+        ]
+    }
+}
+
+/// Positions as the arrays of [`SAVE_POSITIONS`].
+struct PositionColumns {
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    epochs: Vec<i32>,
+    times: Vec<Option<DateTime<Utc>>>,
+    ids: Vec<Option<Uuid>>,
+}
+
+impl PositionColumns {
+    fn of(positions: &BTreeMap<i32, Position>) -> Self {
+        Self {
+            partitions: positions.keys().copied().collect(),
+            offsets: positions.values().map(|p| p.next_offset).collect(),
+            epochs: positions.values().map(|p| p.log_epoch).collect(),
+            times: positions.values().map(|p| p.last.map(|m| m.time)).collect(),
+            ids: positions
+                .values()
+                .map(|p| p.last.and_then(|m| m.event_id))
+                .collect(),
+        }
+    }
+
+    fn params<'p>(&'p self, group: &'p &str, topic: &'p &str) -> [&'p (dyn ToSql + Sync); 7] {
+        [
+            group,
+            topic,
+            &self.partitions,
+            &self.offsets,
+            &self.epochs,
+            &self.times,
+            &self.ids,
+        ]
     }
 }
 
@@ -522,41 +748,64 @@ fn aggregate<'a>(rows: &[&'a Row]) -> BTreeMap<i32, AnimeChange<'a>> {
 }
 
 async fn upsert_live(tx: &Transaction<'_>, rows: &[&Row]) -> Result<(), tokio_postgres::Error> {
-    let changes = aggregate(rows);
-    let values: Vec<&AnimeChange> = changes.values().collect();
-    let ids: Vec<i32> = changes.keys().copied().collect();
-    let titles: Vec<&str> = values.iter().map(|c| c.title).collect();
-    let scores: Vec<Option<String>> = values
-        .iter()
-        .map(|c| c.score.map(|(s, _)| s.to_string()))
-        .collect();
-    let score_at: Vec<Option<DateTime<Utc>>> = values.iter().map(|c| c.score.map(|(_, t)| t)).collect();
-    let members: Vec<Option<i64>> = values.iter().map(|c| c.members.map(|(m, _)| m)).collect();
-    let members_at: Vec<Option<DateTime<Utc>>> = values.iter().map(|c| c.members.map(|(_, t)| t)).collect();
-    let ranks: Vec<Option<i32>> = values.iter().map(|c| c.rank.map(|(r, _)| r)).collect();
-    let rank_at: Vec<Option<DateTime<Utc>>> = values.iter().map(|c| c.rank.map(|(_, t)| t)).collect();
-    let changes_text: Vec<&str> = values.iter().map(|c| c.change).collect();
-    let types: Vec<&str> = values.iter().map(|c| c.event_type.as_str()).collect();
-    let last: Vec<DateTime<Utc>> = values.iter().map(|c| c.last_update).collect();
-    let counts: Vec<i64> = values.iter().map(|c| c.events).collect();
     let statement = tx.prepare_cached(UPSERT_LIVE).await?;
-    tx.execute(
-        &statement,
-        &[
-            &ids,
-            &titles,
-            &scores,
-            &score_at,
-            &members,
-            &members_at,
-            &ranks,
-            &rank_at,
-            &changes_text,
-            &types,
-            &last,
-            &counts,
-        ],
-    )
-    .await?;
+    tx.execute(&statement, &LiveColumns::of(rows).params()).await?;
     Ok(())
+}
+
+/// The current state a batch moves, per anime, as the arrays of [`UPSERT_LIVE`].
+struct LiveColumns<'a> {
+    ids: Vec<i32>,
+    titles: Vec<&'a str>,
+    scores: Vec<Option<String>>,
+    score_at: Vec<Option<DateTime<Utc>>>,
+    members: Vec<Option<i64>>,
+    members_at: Vec<Option<DateTime<Utc>>>,
+    ranks: Vec<Option<i32>>,
+    rank_at: Vec<Option<DateTime<Utc>>>,
+    changes: Vec<&'a str>,
+    types: Vec<&'a str>,
+    last: Vec<DateTime<Utc>>,
+    counts: Vec<i64>,
+}
+
+impl<'a> LiveColumns<'a> {
+    fn of(rows: &[&'a Row]) -> Self {
+        let changes = aggregate(rows);
+        let values: Vec<&AnimeChange> = changes.values().collect();
+        Self {
+            ids: changes.keys().copied().collect(),
+            titles: values.iter().map(|c| c.title).collect(),
+            scores: values
+                .iter()
+                .map(|c| c.score.map(|(s, _)| s.to_string()))
+                .collect(),
+            score_at: values.iter().map(|c| c.score.map(|(_, t)| t)).collect(),
+            members: values.iter().map(|c| c.members.map(|(m, _)| m)).collect(),
+            members_at: values.iter().map(|c| c.members.map(|(_, t)| t)).collect(),
+            ranks: values.iter().map(|c| c.rank.map(|(r, _)| r)).collect(),
+            rank_at: values.iter().map(|c| c.rank.map(|(_, t)| t)).collect(),
+            changes: values.iter().map(|c| c.change).collect(),
+            types: values.iter().map(|c| c.event_type.as_str()).collect(),
+            last: values.iter().map(|c| c.last_update).collect(),
+            counts: values.iter().map(|c| c.events).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.ids,
+            &self.titles,
+            &self.scores,
+            &self.score_at,
+            &self.members,
+            &self.members_at,
+            &self.ranks,
+            &self.rank_at,
+            &self.changes,
+            &self.types,
+            &self.last,
+            &self.counts,
+        ]
+    }
 }

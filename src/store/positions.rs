@@ -26,7 +26,7 @@ pub struct Position {
 }
 
 /// Every stored position of a group on a topic.
-const LOAD_POSITIONS: &str = "SELECT partition, next_offset, log_epoch, last_record_time, last_event_id \
+pub(super) const LOAD_POSITIONS: &str = "SELECT partition, next_offset, log_epoch, last_record_time, last_event_id \
      FROM consumer_offsets WHERE group_id = $1 AND topic = $2";
 
 /// The group's stored position on every partition of `topic` it has one for.
@@ -49,7 +49,8 @@ pub async fn stored(
     Ok(from_rows(&db.query(LOAD_POSITIONS, &[&group, &topic]).await?))
 }
 
-fn from_rows(rows: &[tokio_postgres::Row]) -> BTreeMap<i32, Position> {
+/// Positions by partition, from rows of [`LOAD_POSITIONS`].
+pub(super) fn from_rows(rows: &[tokio_postgres::Row]) -> BTreeMap<i32, Position> {
     rows.iter()
         .map(|r| {
             let last = r.get::<_, Option<DateTime<Utc>>>(3).map(|time| RecordMark {

@@ -158,7 +158,7 @@ impl TestDb {
         let driver = tokio::spawn(conn);
         let n = match client.query_opt(sql, &[]).await {
             Ok(row) => row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0),
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && !has_history(&client).await => 0,
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && !migrated(&client).await => 0,
             Err(e) => panic!("{sql:?} failed: {}", catlog_live::db::error_text(&e)),
         };
         drop(client);
@@ -167,14 +167,25 @@ impl TestDb {
     }
 }
 
-/// Whether the migrations have made the tables on `client`'s database
-/// (the history table stands for them all: the first migration makes them
-/// together).
-async fn has_history(client: &PgClient) -> bool {
-    client
-        .query_one("SELECT to_regclass('popularity_events') IS NOT NULL", &[])
+/// Whether every migration in `migrations/` is applied on `client`'s
+/// database (while one runs, its tables may not be there yet).
+async fn migrated(client: &PgClient) -> bool {
+    let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .map(|dir| {
+            dir.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+            })
+            .count()
+        })
+        .unwrap_or_else(|e| panic!("cannot list migrations/: {e}")) as i64;
+    // No history table yet: nothing applied.
+    let applied = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .await
-        .is_ok_and(|r| r.get(0))
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0);
+    applied >= expected
 }
 
 impl Drop for TestDb {
