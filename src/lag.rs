@@ -23,6 +23,7 @@ use rskafka::client::partition::OffsetAt;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{Broker, KafkaError, LogCheck, Partition};
+use crate::metrics::names;
 use crate::store::StoreError;
 use crate::store::positions::{self, Position};
 
@@ -337,18 +338,18 @@ fn publish_metrics(lag: &Lag) {
     for (partition, value) in &lag.per_partition {
         let label = partition.to_string();
         let Some(n) = value.waiting() else { continue };
-        metrics::gauge!("catlog_consumer_lag", "partition" => label.clone()).set(n as f64);
+        metrics::gauge!(names::CONSUMER_LAG, "partition" => label.clone()).set(n as f64);
         let new_log = f64::from(u8::from(matches!(value, PartitionLag::NewLog { .. })));
-        metrics::gauge!("catlog_consumer_new_log", "partition" => label.clone()).set(new_log);
+        metrics::gauge!(names::CONSUMER_NEW_LOG, "partition" => label.clone()).set(new_log);
         let is_stalled = f64::from(u8::from(stalled.contains(partition)));
-        metrics::gauge!("catlog_consumer_stalled", "partition" => label.clone()).set(is_stalled);
+        metrics::gauge!(names::CONSUMER_STALLED, "partition" => label.clone()).set(is_stalled);
         if let Some(since) = lag.since_commit.get(partition) {
-            metrics::gauge!("catlog_consumer_seconds_since_commit", "partition" => label)
+            metrics::gauge!(names::CONSUMER_SECONDS_SINCE_COMMIT, "partition" => label)
                 .set(since.as_secs_f64());
         }
     }
     for (partition, epoch) in &lag.log_resets {
-        metrics::gauge!("catlog_consumer_log_epoch", "partition" => partition.to_string())
+        metrics::gauge!(names::CONSUMER_LOG_EPOCH, "partition" => partition.to_string())
             .set(f64::from(*epoch));
     }
 }

@@ -361,7 +361,7 @@ impl Consumer {
     /// upkeep (partitions ahead, retention, size) beside it.
     async fn run(self, stop: CancellationToken) {
         let _metrics = self.metrics_listener.map(|listener| {
-            AbortOnDropHandle::new(tokio::spawn(crate::metrics::serve_alone(listener, stop.clone())))
+            AbortOnDropHandle::new(tokio::spawn(serve::metrics_only(listener, stop.clone())))
         });
         let _upkeep = AbortOnDropHandle::new(tokio::spawn(crate::store::upkeep::maintain(
             self.pool.clone(),
@@ -403,8 +403,8 @@ impl Server {
             },
             access,
             max_connections: options.max_connections as usize,
-            http: serve::server::HttpSettings {
-                limits: serve::head::HeadLimits {
+            http: serve::http::server::HttpSettings {
+                limits: serve::http::head::HeadLimits {
                     max_headers: options.http_max_headers as usize,
                     max_header_bytes: options.http_max_header_bytes as usize,
                     max_url_bytes: options.http_max_url_bytes as usize,

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use catlog_live::serve::head::{Guarded, HeadLimits, check};
+use catlog_live::serve::http::head::{Guarded, HeadLimits, check};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

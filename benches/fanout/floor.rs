@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use catlog_live::event::{Event, Measure};
-use catlog_live::serve::frame::Frame;
+use catlog_live::serve::live::frame::Frame;
 use catlog_live::serve::models::{ServerMessage, Update};
 use chrono::Utc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

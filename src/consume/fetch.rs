@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConsumeError, ConsumerSettings};
 use crate::config::StartFrom;
 use crate::kafka::{self, Broker, KafkaError, LogCheck, Partition, RecordMark};
+use crate::metrics::names;
 use crate::retry::{Backoff, Streak};
 use crate::store::{NewLog, Position, positions};
 
@@ -225,7 +226,7 @@ impl Reader {
                     self.checked = false;
                     return Step::Continue;
                 }
-                metrics::gauge!("catlog_consumer_fetch_lag", "partition" => partition.to_string())
+                metrics::gauge!(names::CONSUMER_FETCH_LAG, "partition" => partition.to_string())
                     .set((high_watermark - self.position.next_offset) as f64);
                 let records: Vec<_> = records
                     .into_iter()
@@ -348,7 +349,7 @@ impl Reader {
                 StartFrom::Latest => "latest",
             }
         );
-        metrics::counter!("catlog_consumer_log_resets_total", "partition" => self.partition.to_string())
+        metrics::counter!(names::CONSUMER_LOG_RESETS_TOTAL, "partition" => self.partition.to_string())
             .increment(1);
         let position = new_log.position();
         Ok(self

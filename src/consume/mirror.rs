@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConsumeError, ConsumerSettings};
 use crate::kafka::group::{GroupClient, GroupError};
+use crate::metrics::names;
 use crate::retry::Backoff;
 use crate::store::positions;
 
@@ -75,9 +76,9 @@ pub(super) async fn run(
     owned: watch::Receiver<BTreeSet<i32>>,
     stop: CancellationToken,
 ) {
-    metrics::counter!("catlog_offset_mirror_commits_total").increment(0);
-    metrics::counter!("catlog_offset_mirror_failures_total").increment(0);
-    metrics::gauge!("catlog_offset_mirror_last_success_timestamp_seconds").set(0.0);
+    metrics::counter!(names::OFFSET_MIRROR_COMMITS_TOTAL).increment(0);
+    metrics::counter!(names::OFFSET_MIRROR_FAILURES_TOTAL).increment(0);
+    metrics::gauge!(names::OFFSET_MIRROR_LAST_SUCCESS_TIMESTAMP_SECONDS).set(0.0);
     tracing::info!(group = client.group(), "mirroring the group's offsets to Kafka");
 
     let mut mirror = Mirror {
@@ -149,9 +150,9 @@ impl Mirror {
         match client.commit(&self.settings.topic, &due).await {
             Ok(()) => {
                 self.plan.mirrored(&due, Instant::now());
-                metrics::counter!("catlog_offset_mirror_commits_total").increment(1);
+                metrics::counter!(names::OFFSET_MIRROR_COMMITS_TOTAL).increment(1);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-                metrics::gauge!("catlog_offset_mirror_last_success_timestamp_seconds").set(now.as_secs_f64());
+                metrics::gauge!(names::OFFSET_MIRROR_LAST_SUCCESS_TIMESTAMP_SECONDS).set(now.as_secs_f64());
                 if self.failures > 0 {
                     tracing::info!(
                         failed_attempts = self.failures,
@@ -164,7 +165,7 @@ impl Mirror {
                 true
             }
             Err(error) => {
-                metrics::counter!("catlog_offset_mirror_failures_total").increment(1);
+                metrics::counter!(names::OFFSET_MIRROR_FAILURES_TOTAL).increment(1);
                 self.failed(&error);
                 false
             }

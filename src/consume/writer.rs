@@ -18,6 +18,7 @@ use super::mirror::Stored;
 use super::{ConsumeError, ConsumerSettings};
 use crate::event::{self, Event};
 use crate::kafka::RecordMark;
+use crate::metrics::names;
 use crate::retry::{Backoff, Streak};
 use crate::store::{self, Batch, CommitError, DeadLetter, Fence, Mode, NewLog, Position, Row, Written};
 
@@ -171,9 +172,9 @@ async fn commit_with_retry(
         match commit(settings, sink, &batch).await {
             Ok(written) => {
                 streak.ended("batches commit again");
-                metrics::histogram!("catlog_batch_commit_seconds").record(started.elapsed().as_secs_f64());
-                metrics::counter!("catlog_events_consumed_total").increment(written.events);
-                metrics::counter!("catlog_dead_letters_total").increment(written.dead_letters);
+                metrics::histogram!(names::BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(names::EVENTS_CONSUMED_TOTAL).increment(written.events);
+                metrics::counter!(names::DEAD_LETTERS_TOTAL).increment(written.dead_letters);
                 tracing::debug!(
                     records = batch.len(),
                     events = written.events,
@@ -207,7 +208,7 @@ async fn commit_with_retry(
                      CONSUMER_SESSION_TIMEOUT?); another consumer reads them now, so these records are dropped \
                      and change nothing"
                 );
-                metrics::counter!("catlog_consumer_fenced_batches_total").increment(1);
+                metrics::counter!(names::CONSUMER_FENCED_BATCHES_TOTAL).increment(1);
                 batch = Cow::Owned(batch.without(&partitions));
                 stale.extend(partitions);
                 if batch.positions.is_empty() {

@@ -1,33 +1,24 @@
 //! `serve`: the live page, the WebSocket feed, the REST API, health and
-//! metrics, fed from PostgreSQL.
+//! metrics, fed from PostgreSQL. Two halves, and what both speak:
 //!
-//! * [`server`] accepts connections and finishes WebSocket upgrades.
-//! * [`follow`] reads new history rows (LISTEN/NOTIFY + poll) into the [`hub`].
-//! * [`hub`] holds what every connection shares and broadcasts, serialised once.
-//! * [`ws`] runs one WebSocket connection.
-//! * [`routes`] (what requests look like), [`handlers`] (what they do),
-//!   [`models`] (the JSON), [`page`] (the HTML), [`error`] (every failure
-//!   as JSON).
-//! * [`trending`] ranks anime by momentum.
-//! * [`access`] checks the API token, signed tokens ([`tokens`]) and the
-//!   allowed origins.
+//! * [`http`] — the HTTP front door: the server under every listener, the
+//!   request-head limits, the routes and their handlers, the page, every
+//!   failure as JSON.
+//! * [`live`] — the live feed: following the history into the hub, the
+//!   figures, trending, and one WebSocket connection.
+//! * [`models`] — the JSON both halves speak (the contract).
+//! * [`access`] and [`tokens`] — who may have data: the API token, signed
+//!   tokens and the allowed origins, decided once for requests and sockets.
 //!
-//! What it reads from PostgreSQL comes through [`crate::store`].
+//! [`run`] starts the live tasks and the HTTP server and waits for all of
+//! them on shutdown. What it reads from PostgreSQL comes through
+//! [`crate::store`].
 
 pub mod access;
-pub mod error;
-pub mod follow;
-pub mod frame;
-pub mod handlers;
-pub mod head;
-pub mod hub;
+pub mod http;
+pub mod live;
 pub mod models;
-pub mod page;
-pub mod routes;
-pub mod server;
 pub mod tokens;
-pub mod trending;
-pub mod ws;
 
 use std::sync::Arc;
 
@@ -38,25 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 pub use access::Access;
-pub use follow::FollowSettings;
-use hub::Hub;
+pub use live::follow::FollowSettings;
+use live::hub::Hub;
+use live::{figures, follow, ws};
 
 use crate::db::Database;
 use crate::store::StoreError;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct App {
-    pub hub: Arc<Hub>,
-    pub pool: Pool,
-    pub access: Arc<Access>,
-    /// The WebSocket connections, so shutdown can wait for them.
-    pub sockets: TaskTracker,
-    /// Most WebSocket clients at once.
-    pub max_connections: usize,
-    /// Most updates one resume replays.
-    pub resume_max_updates: i64,
-}
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -66,7 +44,7 @@ pub struct ServeSettings {
     /// Most WebSocket clients at once (`MAX_CONNECTIONS`).
     pub max_connections: usize,
     /// Limits on request heads (`HTTP_*`).
-    pub http: server::HttpSettings,
+    pub http: http::server::HttpSettings,
     /// Most updates one resume replays (`RESUME_MAX_UPDATES`).
     pub resume_max_updates: i64,
 }
@@ -93,7 +71,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     crate::metrics::handle();
     connection_budget(settings.max_connections);
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::new(settings.max_connections));
     let (lag_tx, lag_rx) = tokio::sync::watch::channel(None);
     let measuring = kafka.map(|kafka| {
         let source = crate::lag::Source {
@@ -105,7 +83,7 @@ pub async fn run(
         };
         AbortOnDropHandle::new(tokio::spawn(crate::lag::watch(source, lag_tx, shutdown.clone())))
     });
-    let figures = AbortOnDropHandle::new(tokio::spawn(follow::figures(
+    let figures = AbortOnDropHandle::new(tokio::spawn(figures::run(
         Arc::clone(&hub),
         lag_rx,
         shutdown.clone(),
@@ -114,16 +92,15 @@ pub async fn run(
     let following = AbortOnDropHandle::new(tokio::spawn(follower.run(db, shutdown.clone())));
     let sockets = TaskTracker::new();
     let beating = AbortOnDropHandle::new(tokio::spawn(ws::heartbeat(Arc::clone(&hub), shutdown.clone())));
-    let app = App {
+    let app = http::App {
         hub,
         pool,
         access: Arc::new(settings.access),
         sockets: sockets.clone(),
-        max_connections: settings.max_connections,
         resume_max_updates: settings.resume_max_updates,
     };
-    let routes = routes::routes(app, shutdown.clone());
-    server::run(listener, routes, sockets, settings.http, shutdown).await;
+    let routes = http::routes::routes(app, shutdown.clone());
+    http::server::run(listener, routes, sockets, settings.http, shutdown).await;
     let _ = following.await;
     let _ = figures.await;
     if let Some(measuring) = measuring {
@@ -132,6 +109,16 @@ pub async fn run(
     let _ = beating.await;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Serves only the process's `/metrics` on `listener` until `shutdown`, on
+/// the same HTTP stack as [`run`]: for a `consume` process, which has no
+/// web server of its own (`METRICS_ADDR`).
+pub async fn metrics_only(listener: TcpListener, shutdown: CancellationToken) {
+    crate::metrics::handle();
+    let routes = http::routes::metrics_only();
+    let settings = http::server::HttpSettings::default();
+    http::server::run(listener, routes, TaskTracker::new(), settings, shutdown).await;
 }
 
 /// Raises the open-file limit to the hard limit and says how many sockets

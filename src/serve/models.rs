@@ -1,11 +1,17 @@
-//! The JSON the server speaks: WebSocket messages (both ways) and REST bodies.
+//! The JSON the server speaks, over HTTP and WebSocket alike: the
+//! messages of the live feed (both ways), the REST bodies, and the views of
+//! stored rows they carry. The store's rows know nothing of JSON; the
+//! shapes here are the contract.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::store::{AnimeState, HistoryPoint, StoredEvent};
+use chrono::SecondsFormat;
+
+use crate::store::StoredEvent;
+use crate::store::history::{Current, Point};
 
 /// One history row on the wire: `{"id":1042,"eventId":"0193…","event":{…}}`.
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +126,76 @@ pub struct AnimeDetail {
     pub mal_id: i32,
     pub current: AnimeState,
     pub history: Vec<HistoryPoint>,
+}
+
+impl AnimeDetail {
+    /// The detail of one anime from its stored state and history.
+    pub fn new(current: Current, history: Vec<Point>) -> Self {
+        Self {
+            mal_id: current.mal_id,
+            current: current.into(),
+            history: history.into_iter().map(HistoryPoint::from).collect(),
+        }
+    }
+}
+
+/// One anime's current state.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnimeState {
+    pub mal_id: i32,
+    pub title: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    pub last_event_type: String,
+    pub last_update: chrono::DateTime<chrono::Utc>,
+    pub event_count: i64,
+}
+
+impl From<Current> for AnimeState {
+    fn from(row: Current) -> Self {
+        Self {
+            mal_id: row.mal_id,
+            title: row.title,
+            current_score: row.current_score,
+            live_members: row.live_members,
+            trending_rank: row.trending_rank,
+            popularity_change: row.popularity_change,
+            last_event_type: row.last_event_type,
+            last_update: row.last_update,
+            event_count: row.event_count,
+        }
+    }
+}
+
+/// One row of an anime's history, in short form.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    pub id: i64,
+    pub event_type: String,
+    pub current_score: Option<String>,
+    pub live_members: Option<i64>,
+    pub trending_rank: Option<i32>,
+    pub popularity_change: String,
+    /// The event's own time, RFC 3339 to the millisecond.
+    pub timestamp: String,
+}
+
+impl From<Point> for HistoryPoint {
+    fn from(row: Point) -> Self {
+        Self {
+            id: row.id,
+            event_type: row.event_type,
+            current_score: row.current_score,
+            live_members: row.live_members,
+            trending_rank: row.trending_rank,
+            popularity_change: row.popularity_change,
+            timestamp: row.event_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
 }
 
 /// Server → client.

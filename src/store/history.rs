@@ -5,9 +5,8 @@
 
 use std::sync::LazyLock;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use serde::Serialize;
 use tokio_postgres::Row;
 
 use super::Result;
@@ -34,15 +33,15 @@ pub struct KnownAnime {
     pub members: Option<i64>,
 }
 
-/// One anime's current state (`live_popularity`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AnimeState {
+/// One anime's current state (`live_popularity`), as stored.
+#[derive(Debug, Clone)]
+pub struct Current {
     pub mal_id: i32,
     pub title: String,
     pub current_score: Option<String>,
     pub live_members: Option<i64>,
     pub trending_rank: Option<i32>,
+    /// Signed, as the wire format writes it.
     pub popularity_change: String,
     pub last_event_type: String,
     pub last_update: DateTime<Utc>,
@@ -50,16 +49,16 @@ pub struct AnimeState {
 }
 
 /// One row of an anime's history, in short form.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HistoryPoint {
+#[derive(Debug, Clone)]
+pub struct Point {
     pub id: i64,
     pub event_type: String,
     pub current_score: Option<String>,
     pub live_members: Option<i64>,
     pub trending_rank: Option<i32>,
+    /// Signed, as the wire format writes it.
     pub popularity_change: String,
-    pub timestamp: String,
+    pub event_time: DateTime<Utc>,
 }
 
 /// The columns [`stored_event`] reads, in its order.
@@ -242,7 +241,7 @@ pub const ANIME_HISTORY: i64 = 200;
 
 /// One anime's current state and its last [`ANIME_HISTORY`] events, newest
 /// first; `None` if it was never seen.
-pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<HistoryPoint>)>> {
+pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(Current, Vec<Point>)>> {
     let db = super::checkout(pool).await?;
     let current = db
         .query_opt(
@@ -253,7 +252,7 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<H
         )
         .await?;
     let Some(c) = current else { return Ok(None) };
-    let state = AnimeState {
+    let state = Current {
         mal_id: c.get(0),
         title: c.get(1),
         current_score: c.get(2),
@@ -271,23 +270,15 @@ pub async fn anime(pool: &Pool, mal_id: i32) -> Result<Option<(AnimeState, Vec<H
         )
         .await?
         .iter()
-        .map(|r| HistoryPoint {
+        .map(|r| Point {
             id: r.get(0),
             event_type: r.get(1),
             current_score: r.get(2),
             live_members: r.get(3),
             trending_rank: r.get(4),
             popularity_change: signed(&r.get::<_, String>(5)),
-            timestamp: r
-                .get::<_, DateTime<Utc>>(6)
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
+            event_time: r.get(6),
         })
         .collect();
     Ok(Some((state, history)))
-}
-
-/// Whether the database answers.
-pub async fn ping(pool: &Pool) -> Result<()> {
-    super::checkout(pool).await?.query_one("SELECT 1", &[]).await?;
-    Ok(())
 }

@@ -28,7 +28,7 @@ pub mod schema;
 pub mod upkeep;
 
 pub use batch::{Batch, CommitError, DeadLetter, Fence, Mode, Row, Written};
-pub use history::{AnimeState, HistoryPoint, StoredEvent};
+pub use history::StoredEvent;
 pub use positions::{NewLog, Position};
 
 /// Advisory lock taken by every transaction that writes positions ("catlog-commit").
@@ -178,5 +178,11 @@ impl Drop for Bounded {
 async fn lock_commit_order(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_ORDER_LOCK])
         .await?;
+    Ok(())
+}
+
+/// Whether the database answers a query.
+pub async fn ping(pool: &deadpool_postgres::Pool) -> Result<()> {
+    checkout(pool).await?.query_one("SELECT 1", &[]).await?;
     Ok(())
 }

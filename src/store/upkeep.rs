@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::{partitions, retention};
+use crate::metrics::names;
 
 /// Time between two rounds.
 const EVERY: Duration = Duration::from_secs(60);
@@ -35,13 +36,13 @@ pub async fn maintain(pool: Pool, retention_days: Option<u32>, shutdown: Cancell
         }
         match partitions::size(&pool).await {
             Ok(size) => {
-                metrics::gauge!(crate::metrics::HISTORY_ROWS).set(size.rows as f64);
-                metrics::gauge!(crate::metrics::HISTORY_BYTES).set(size.bytes as f64);
+                metrics::gauge!(names::HISTORY_ROWS).set(size.rows as f64);
+                metrics::gauge!(names::HISTORY_BYTES).set(size.bytes as f64);
                 let age = size
                     .oldest
                     .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3)
                     .unwrap_or(0.0);
-                metrics::gauge!(crate::metrics::HISTORY_OLDEST_SECONDS).set(age);
+                metrics::gauge!(names::HISTORY_OLDEST_SECONDS).set(age);
             }
             Err(error) => tracing::debug!(%error, "could not measure the history"),
         }

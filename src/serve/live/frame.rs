@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::models::ServerMessage;
+use crate::serve::models::ServerMessage;
 
 /// One encoded WebSocket frame.
 #[derive(Debug, Clone)]

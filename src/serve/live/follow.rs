@@ -4,37 +4,32 @@
 //! History ids become visible in commit order (see [`crate::store`]), so
 //! "rows after the last id seen" never skips a row.
 //!
-//! Two tasks, so that one stuck query stops one thing and says so: the
-//! [`Follower`] (the feed: new rows, rooms, the ranking) and [`figures`]
-//! (stats: events per minute, the lag measured by [`crate::lag::watch`],
-//! and whether the data is delayed, and why).
+//! The feed is one of three tasks, so that one stuck query stops one thing
+//! and says so: the [`Follower`] here (new rows, rooms, the ranking),
+//! [`super::figures`] (stats) and [`crate::lag::watch`] (the lag).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use deadpool_postgres::Pool;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::frame::Frame;
 use super::hub::{Broadcast, Hub};
-use super::models::{AnimeDetail, Delayed, NewLogSeen, ServerMessage, StallSeen, Stats, Update};
 use super::trending::{HALF_LIFE, Momentum};
 use crate::db::Database;
-use crate::lag::{Lag, PartitionLag};
 use crate::retry::Backoff;
+use crate::serve::models::{AnimeDetail, ServerMessage, Update};
 use crate::store::{NOTIFY_CHANNEL, StoreError, history};
 
 /// Rows read per query while catching up.
 const PAGE: i64 = 1000;
 /// The safety-net poll, for a lost notification or connection.
 const POLL_EVERY: Duration = Duration::from_secs(2);
-/// How often figures (stats, lag) are refreshed and broadcast.
-pub const STATS_EVERY: Duration = Duration::from_secs(5);
 /// A changed ranking is announced at most this often (the changes of one
 /// second go out together).
 const TRENDING_GAP: Duration = Duration::from_secs(1);
@@ -47,6 +42,15 @@ pub struct FollowSettings {
     pub broadcast_every: Duration,
     /// `CONSUMER_STALLED_AFTER`.
     pub stalled_after: Duration,
+}
+
+/// When [`Follower::rank`] tells the clients.
+#[derive(Debug, Clone, Copy)]
+enum Announce {
+    /// Whatever changed (the periodic repeat).
+    Always,
+    /// Only a changed ranking, and not within `gap` of the last announcement.
+    IfChanged { gap: Duration },
 }
 
 /// Reads new history into the hub and keeps trending current.
@@ -79,7 +83,7 @@ impl Follower {
         let latest = history::latest(&pool, super::hub::RECENT as i64, None, None).await?;
         hub.prime(latest.into_iter().map(Update::from).collect(), last_id);
         let (items, _) = momentum.rank(now);
-        let _ = hub.set_trending(items, false);
+        hub.set_trending(items);
         for row in &recent {
             hub.count_events(row.ingested_at.timestamp(), 1);
         }
@@ -108,30 +112,34 @@ impl Follower {
                 Some(()) = wake.recv() => self.catch_up().await,
                 _ = poll.tick() => self.catch_up().await,
                 _ = announce.tick() => {
-                    let trending = self.rank(Duration::ZERO, true);
+                    let trending = self.rank(Announce::Always);
                     self.hub.send_all(trending.into_iter().collect());
                 }
                 // A change no catch-up has carried (while events flow, the
                 // next catch-up takes it in the same write as its updates).
                 _ = changes.tick() => {
-                    let trending = self.rank(TRENDING_GAP * 2, false);
+                    let trending = self.rank(Announce::IfChanged { gap: TRENDING_GAP * 2 });
                     self.hub.send_all(trending.into_iter().collect());
                 }
             }
         }
     }
 
-    /// Ranks now; the broadcast of the ranking when `always`, or when it
-    /// changed and was not announced within `gap`.
-    fn rank(&mut self, gap: Duration, always: bool) -> Option<Broadcast> {
+    /// Ranks now; the broadcast of the ranking when `announce` says so.
+    fn rank(&mut self, announce: Announce) -> Option<Broadcast> {
         let (items, reordered) = self.momentum.rank(Utc::now());
         self.ranking_changed |= reordered;
-        let announce = always || (self.ranking_changed && self.announced_at.elapsed() >= gap);
-        if announce {
-            self.ranking_changed = false;
-            self.announced_at = Instant::now();
+        let now = match announce {
+            Announce::Always => true,
+            Announce::IfChanged { gap } => self.ranking_changed && self.announced_at.elapsed() >= gap,
+        };
+        if !now {
+            self.hub.set_trending(items);
+            return None;
         }
-        self.hub.set_trending(items, announce)
+        self.ranking_changed = false;
+        self.announced_at = Instant::now();
+        Some(self.hub.announce_trending(items))
     }
 
     /// Reads every row after the last one seen and broadcasts it, with the
@@ -166,100 +174,18 @@ impl Follower {
         if changed.is_empty() {
             return;
         }
-        batch.extend(self.rank(TRENDING_GAP, false));
+        batch.extend(self.rank(Announce::IfChanged { gap: TRENDING_GAP }));
         self.hub.send_all(batch);
         for mal_id in changed.into_iter().filter(|id| self.hub.has_room(*id)) {
             match history::anime(&self.pool, mal_id).await {
                 Ok(Some((current, history))) => {
-                    let detail = AnimeDetail {
-                        mal_id,
-                        current,
-                        history,
-                    };
-                    let frame = Frame::json(&ServerMessage::Anime(detail));
+                    let frame = Frame::json(&ServerMessage::Anime(AnimeDetail::new(current, history)));
                     self.hub.send(Broadcast::Anime { mal_id, frame });
                 }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(mal_id, %error, "cannot read anime for its room"),
             }
         }
-    }
-}
-
-/// Refreshes and broadcasts the figures every [`STATS_EVERY`] until
-/// `shutdown`: events in the last minute, the lag (`lag`, measured
-/// elsewhere), stalled partitions, and whether the data is delayed.
-pub async fn figures(hub: Arc<Hub>, lag: watch::Receiver<Option<Lag>>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(STATS_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let latest = lag.borrow().clone();
-        hub.set_stats(stats_of(&hub, latest.as_ref()));
-        crate::metrics::upkeep();
-    }
-}
-
-fn stats_of(hub: &Hub, lag: Option<&Lag>) -> Stats {
-    let now = Utc::now();
-    let mut waiting = BTreeMap::new();
-    let mut new_logs = BTreeMap::new();
-    let mut stalled = BTreeMap::new();
-    let mut log_resets = BTreeMap::new();
-    if let Some(lag) = lag {
-        for (partition, value) in &lag.per_partition {
-            let Some(n) = value.waiting() else { continue };
-            if let PartitionLag::NewLog { stored, log_end, .. } = value {
-                new_logs.insert(
-                    partition.to_string(),
-                    NewLogSeen {
-                        stored_offset: *stored,
-                        log_end: *log_end,
-                    },
-                );
-            }
-            waiting.insert(partition.to_string(), n);
-        }
-        for stall in &lag.stalls {
-            stalled.insert(
-                stall.partition.to_string(),
-                StallSeen {
-                    waiting: stall.waiting,
-                    no_commit_for_seconds: stall.no_commit_for.as_secs(),
-                },
-            );
-        }
-        log_resets = lag.log_resets.iter().map(|(p, e)| (p.to_string(), *e)).collect();
-    }
-    let delayed = match hub.feed_trouble() {
-        Some((reason, since)) => Some(Delayed { reason, since }),
-        None => lag.filter(|l| !l.stalls.is_empty()).map(|l| {
-            let longest = l.stalls.iter().map(|s| s.no_commit_for).max().unwrap_or_default();
-            let since = now - chrono::Duration::from_std(longest).unwrap_or_default();
-            Delayed {
-                reason: format!(
-                    "the consumers have stored nothing for {} s while {} records wait",
-                    longest.as_secs(),
-                    l.stalls.iter().map(|s| s.waiting).sum::<i64>()
-                ),
-                since: since.to_rfc3339_opts(SecondsFormat::Secs, true),
-            }
-        }),
-    };
-    Stats {
-        events_last_minute: hub.events_last_minute(now.timestamp()),
-        lag: waiting,
-        new_logs,
-        log_resets,
-        stalled,
-        delayed,
-        as_of: Some(now.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        lag_as_of: lag
-            .and_then(|l| l.measured_at)
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        ..hub.stats()
     }
 }
 

@@ -22,6 +22,7 @@ use std::task::{Context, Poll, ready};
 
 use base64::Engine;
 
+use crate::metrics::names;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Limits on a request head; more gets a JSON error.
@@ -370,7 +371,7 @@ impl<S> Guarded<S> {
             reason = refusal.message,
             "refused a request head"
         );
-        metrics::counter!("catlog_http_requests_refused_total", "status" => refusal.status.to_string())
+        metrics::counter!(names::HTTP_REQUESTS_REFUSED_TOTAL, "status" => refusal.status.to_string())
             .increment(1);
         self.state = State::Refused;
         self.incoming = Vec::new();

@@ -5,21 +5,21 @@
 
 use askama::Template;
 
-use super::models::{TrendingItem, Update};
 use crate::event::{EventType, Measure};
+use crate::serve::models::{TrendingItem, Update};
 
 /// `static/app.js`.
-pub const APP_JS: &str = include_str!("../../static/app.js");
+pub const APP_JS: &str = include_str!("../../../static/app.js");
 /// `static/live-client.js`, the WebSocket client `app.js` imports.
-pub const LIVE_CLIENT_JS: &str = include_str!("../../static/live-client.js");
+pub const LIVE_CLIENT_JS: &str = include_str!("../../../static/live-client.js");
 /// `static/catlog-live.js`, the embeddable elements (it imports `live-client.js`).
-pub const WIDGET_JS: &str = include_str!("../../static/catlog-live.js");
+pub const WIDGET_JS: &str = include_str!("../../../static/catlog-live.js");
 /// `static/catlog-live.css`, the elements' styles (inside their shadow roots).
-pub const WIDGET_CSS: &str = include_str!("../../static/catlog-live.css");
+pub const WIDGET_CSS: &str = include_str!("../../../static/catlog-live.css");
 /// `static/app.css`.
-pub const APP_CSS: &str = include_str!("../../static/app.css");
+pub const APP_CSS: &str = include_str!("../../../static/app.css");
 /// `static/favicon.svg`, also served as `/favicon.ico`.
-pub const FAVICON: &str = include_str!("../../static/favicon.svg");
+pub const FAVICON: &str = include_str!("../../../static/favicon.svg");
 
 /// `templates/index.html`.
 #[derive(Template)]

@@ -10,15 +10,15 @@
 //! instead of the backlog (see [`super::ws`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use metrics::Counter;
-use tokio::sync::broadcast;
+use metrics::{Counter, Gauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use super::frame::Frame;
-use super::models::{ServerMessage, Stats, TrendingItem, Update};
+use crate::metrics::names;
+use crate::serve::models::{ServerMessage, Stats, TrendingItem, Update};
 
 /// Messages buffered per client before it counts as lagging.
 pub const CHANNEL_CAPACITY: usize = 1024;
@@ -85,12 +85,12 @@ pub struct Counters {
 impl Counters {
     fn new() -> Self {
         Self {
-            sent: metrics::counter!("catlog_ws_messages_sent_total"),
-            dropped: metrics::counter!("catlog_ws_messages_dropped_total"),
-            coalesced: metrics::counter!("catlog_ws_messages_coalesced_total"),
-            resyncs: metrics::counter!("catlog_ws_resyncs_total"),
-            updates: metrics::counter!("catlog_ws_updates_broadcast_total"),
-            refused: metrics::counter!("catlog_ws_connections_refused_total"),
+            sent: metrics::counter!(names::WS_MESSAGES_SENT_TOTAL),
+            dropped: metrics::counter!(names::WS_MESSAGES_DROPPED_TOTAL),
+            coalesced: metrics::counter!(names::WS_MESSAGES_COALESCED_TOTAL),
+            resyncs: metrics::counter!(names::WS_RESYNCS_TOTAL),
+            updates: metrics::counter!(names::WS_UPDATES_BROADCAST_TOTAL),
+            refused: metrics::counter!(names::WS_CONNECTIONS_REFUSED_TOTAL),
         }
     }
 }
@@ -100,27 +100,29 @@ pub struct Hub {
     tx: broadcast::Sender<Broadcast>,
     shared: RwLock<Shared>,
     rooms: Mutex<HashMap<i32, usize>>,
-    connections: AtomicUsize,
+    /// The client budget (`MAX_CONNECTIONS`): one permit per connected
+    /// client, returned when its [`ClientSlot`] drops.
+    permits: Arc<Semaphore>,
+    /// How many permits there are.
+    max_clients: usize,
+    /// `catlog_ws_clients`.
+    clients_gauge: Gauge,
     started: Instant,
     pub counters: Counters,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Self {
+    /// An empty hub that takes at most `max_clients` WebSocket clients.
+    pub fn new(max_clients: usize) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
-        metrics::gauge!("catlog_ws_clients").set(0.0);
+        let max_clients = max_clients.min(Semaphore::MAX_PERMITS);
         Self {
             tx,
             shared: RwLock::default(),
             rooms: Mutex::default(),
-            connections: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(max_clients)),
+            max_clients,
+            clients_gauge: metrics::gauge!(names::WS_CLIENTS),
             started: Instant::now(),
             counters: Counters::new(),
         }
@@ -179,12 +181,17 @@ impl Hub {
         shared.last_id = last_id;
     }
 
-    /// Replaces the ranking; the broadcast that announces it, when `announce`.
-    pub fn set_trending(&self, items: Vec<TrendingItem>, announce: bool) -> Option<Broadcast> {
-        let broadcast = announce
-            .then(|| Broadcast::Trending(Frame::json(&ServerMessage::Trending { items: items.clone() })));
+    /// Replaces the ranking without a word to the clients (the page and
+    /// the next snapshot carry it).
+    pub fn set_trending(&self, items: Vec<TrendingItem>) {
         self.write().trending = items;
-        broadcast
+    }
+
+    /// Replaces the ranking; the broadcast that announces it.
+    pub fn announce_trending(&self, items: Vec<TrendingItem>) -> Broadcast {
+        let frame = Frame::json(&ServerMessage::Trending { items: items.clone() });
+        self.set_trending(items);
+        Broadcast::Trending(frame)
     }
 
     /// Replaces the figures and broadcasts them.
@@ -337,19 +344,15 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts a new connection for as long as the returned value lives,
-    /// unless `max` are open already (then `None`, and it is counted as refused).
-    pub fn try_connect(self: &Arc<Self>, max: usize) -> Option<Connection> {
-        let taken = self
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        match taken {
-            Ok(before) => {
-                metrics::gauge!("catlog_ws_clients").set((before + 1) as f64);
-                Some(Connection {
-                    hub: Arc::clone(self),
+    /// A place for one more client, held for as long as the slot lives;
+    /// `None` (counted as refused) when all `max_clients` are taken.
+    pub fn try_connect(self: &Arc<Self>) -> Option<ClientSlot> {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                self.clients_gauge.increment(1.0);
+                Some(ClientSlot {
+                    _permit: permit,
+                    gauge: self.clients_gauge.clone(),
                 })
             }
             Err(_) => {
@@ -359,20 +362,26 @@ impl Hub {
         }
     }
 
-    /// Open connections.
+    /// Most clients at once (`MAX_CONNECTIONS`).
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
+    /// Connected clients.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.max_clients - self.permits.available_permits()
     }
 }
 
-/// One counted connection; dropping it frees its place.
-pub struct Connection {
-    hub: Arc<Hub>,
+/// One connected client's place in the budget; dropping it returns the
+/// permit to the semaphore.
+pub struct ClientSlot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
 }
 
-impl Drop for Connection {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let now = self.hub.connections.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("catlog_ws_clients").set(now as f64);
+        self.gauge.decrement(1.0);
     }
 }

@@ -1,8 +1,13 @@
-//! The HTTP server under the routes: hyper's HTTP/1 connections serving
-//! warp's filters, and WebSocket upgrades finished here rather than by warp,
-//! so every socket gets tungstenite's configuration for many cheap
-//! connections (warp lets us set the size limits, not the buffers).
+//! The HTTP server under every listener of the process (`serve`'s routes,
+//! and a `consume` process's own `/metrics`): hyper's HTTP/1 connections
+//! serving warp's filters, every request head checked first by
+//! [`super::head`].
 //!
+//! Why hyper by hand and not `warp::serve`: WebSocket upgrades are finished
+//! by the live feed, not by warp. The feed writes frames encoded once for
+//! every client straight to the upgraded socket, one vectored write a burst
+//! (see [`crate::serve::live::socket`]); warp's WebSocket is a
+//! tungstenite sink that encodes and buffers each message again per client.
 //! hyper hands a request's upgrade over in its extensions, where a filter
 //! cannot take it; [`run`] moves it into an [`Upgrade`] slot the `/ws`
 //! route takes it from. The sockets live in tasks this server tracks, so on
@@ -10,7 +15,6 @@
 //! for every WebSocket to say goodbye.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +24,6 @@ use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -29,9 +31,6 @@ use warp::Filter;
 use warp::reply::Reply;
 
 use super::head::{Guarded, HeadLimits};
-
-/// A WebSocket connection once upgraded.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Most bytes hyper buffers; every head is checked against smaller limits
 /// before it gets there (see [`super::head`]).
@@ -57,22 +56,6 @@ impl Default for HttpSettings {
 /// How long shutdown waits for requests in flight and sockets to close.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
-/// Bytes tungstenite reads at a time (its buffer grows for a larger frame).
-/// Client messages are small, this buffer is allocated for every socket, and
-/// tungstenite clears it on each read attempt.
-const SOCKET_READ_BUFFER: usize = 512;
-
-/// How every WebSocket is configured: small buffers, because ten thousand
-/// idle browsers should cost little; messages written as they come (the
-/// connection flushes once per burst); frames above `max_frame` refused.
-pub fn socket_config(max_frame: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(SOCKET_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame))
-}
-
 /// A request's upgrade, taken by the first route that finishes it.
 #[derive(Clone, Default)]
 pub struct Upgrade(Arc<Mutex<Option<OnUpgrade>>>);
@@ -82,26 +65,6 @@ impl Upgrade {
     pub fn take(&self) -> Option<OnUpgrade> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
-}
-
-/// Finishes an upgrade in a task the server tracks: waits for hyper to hand
-/// the connection over, then runs `session` on it as a WebSocket.
-pub fn spawn_socket<F, Fut>(sockets: &TaskTracker, upgrade: OnUpgrade, config: WebSocketConfig, session: F)
-where
-    F: FnOnce(Socket) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    sockets.spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                        .await;
-                session(socket).await;
-            }
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
-        }
-    });
 }
 
 /// Serves `routes` on `listener` until `shutdown`, then drains: requests in

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use askama::Template;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
@@ -16,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 use super::error::ApiError;
-use super::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
 use super::page::{
     APP_CSS, APP_JS, FAVICON, IndexPage, LIVE_CLIENT_JS, TrendingView, UpdateView, WIDGET_CSS, WIDGET_JS,
 };
-use super::server::{self, Upgrade};
+use super::server::Upgrade;
+use crate::serve::access::Grant;
+use crate::serve::live::{socket, trending, ws};
+use crate::serve::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
 use crate::store::{StoreError, history};
 
 fn unavailable(error: StoreError) -> Rejection {
@@ -68,7 +71,7 @@ pub async fn updates(query: HashMap<String, String>, app: App) -> Result<impl Re
 
 /// `GET /api/live/trending?limit=`.
 pub async fn trending(query: HashMap<String, String>, app: App) -> Result<impl Reply, Rejection> {
-    let limit = param(&query, "limit", 1..=super::trending::SIZE)?.unwrap_or(super::trending::SIZE);
+    let limit = param(&query, "limit", 1..=trending::SIZE)?.unwrap_or(trending::SIZE);
     let items = app.hub.trending().into_iter().take(limit).collect();
     Ok(warp::reply::json(&TrendingPage { items }))
 }
@@ -80,11 +83,7 @@ pub async fn anime(mal_id: String, app: App) -> Result<impl Reply, Rejection> {
             ApiError::bad_request(format!("malId must be a whole number ≥ 1, not {mal_id:?}"))
         })?;
     match history::anime(&app.pool, id).await.map_err(unavailable)? {
-        Some((current, history)) => Ok(warp::reply::json(&AnimeDetail {
-            mal_id: id,
-            current,
-            history,
-        })),
+        Some((current, history)) => Ok(warp::reply::json(&AnimeDetail::new(current, history))),
         None => Err(ApiError::not_found(format!(
             "no anime with malId {id} has been seen"
         ))),
@@ -96,15 +95,11 @@ pub async fn stats(app: App) -> Result<impl Reply, Infallible> {
     Ok(warp::reply::json(&app.hub.stats()))
 }
 
-/// Largest WebSocket frame the server reads at all; frames above the
-/// protocol limit (`ws::MAX_CLIENT_MESSAGE`) but below this get an `error` reply.
-const WS_MAX_FRAME: usize = 1024 * 1024;
-
 /// `GET /ws?lastId=`: takes the client in, within the connection budget (a
-/// JSON 503 over it), and hands the socket to [`super::ws::run`]; a bad
+/// JSON 503 over it), and hands the socket to [`ws::run`]; a bad
 /// `lastId` is a 400 before the upgrade.
 pub async fn websocket(
-    grant: super::access::Grant,
+    grant: Grant,
     key: String,
     upgrade: Upgrade,
     query: HashMap<String, String>,
@@ -112,12 +107,12 @@ pub async fn websocket(
     shutdown: CancellationToken,
 ) -> Result<warp::reply::Response, Rejection> {
     let resume = param(&query, "lastId", 0..=i64::MAX)?;
-    let Some(connection) = app.hub.try_connect(app.max_connections) else {
+    let Some(slot) = app.hub.try_connect() else {
         let reply = warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
                 "error": format!(
                     "this server holds its most WebSocket clients ({}, MAX_CONNECTIONS); try again shortly",
-                    app.max_connections
+                    app.hub.max_clients()
                 )
             })),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -135,17 +130,14 @@ pub async fn websocket(
         resume_max_updates,
         ..
     } = app;
-    let start = super::ws::Start {
+    let start = ws::Start {
         resume,
         resume_max_updates,
         grant,
     };
-    server::spawn_socket(
-        &sockets,
-        on_upgrade,
-        server::socket_config(WS_MAX_FRAME),
-        move |socket| super::ws::run(socket, connection, hub, pool, access, start, shutdown),
-    );
+    socket::accept(&sockets, on_upgrade, move |socket| {
+        ws::run(socket, slot, hub, pool, access, start, shutdown)
+    });
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
     let reply = warp::reply::with_header(reply, "connection", "Upgrade");
@@ -167,7 +159,7 @@ const READY_WITHIN: Duration = Duration::from_millis(1500);
 pub async fn readyz(app: App) -> Result<impl Reply, Infallible> {
     let trouble = match app.hub.feed_trouble() {
         Some((reason, _)) => Some(reason),
-        None => match tokio::time::timeout(READY_WITHIN, history::ping(&app.pool)).await {
+        None => match tokio::time::timeout(READY_WITHIN, crate::store::ping(&app.pool)).await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(format!("PostgreSQL unreachable: {error}")),
             Err(_) => Some(format!(
@@ -195,7 +187,7 @@ pub async fn readyz(app: App) -> Result<impl Reply, Infallible> {
 pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Reply, Rejection> {
     let token_query = query
         .get("token")
-        .map(|t| format!("?token={}", urlencode(t)))
+        .map(|t| format!("?token={}", utf8_percent_encode(t, UNRESERVED)))
         .unwrap_or_default();
     // The page resumes after `last_id`: it must be the id its rows cover.
     let (recent, last_id) = app.hub.recent_and_last_id();
@@ -212,15 +204,12 @@ pub async fn index(query: HashMap<String, String>, app: App) -> Result<impl Repl
     Ok(warp::reply::html(html))
 }
 
-/// Percent-encodes everything but unreserved characters.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// `GET /static/{file}`. Open to every origin: the files hold no data, and
 /// a page elsewhere fetches the widget's module and styles with CORS.

@@ -26,7 +26,6 @@
 //! or the connection is closed with [`tokens::EXPIRED_CLOSE_CODE`].
 
 use std::collections::HashSet;
-use std::io::IoSlice;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -34,19 +33,19 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use super::access::{Access, Grant};
 use super::frame::Frame;
-use super::hub::{Broadcast, Connection, Hub};
-use super::models::{AnimeDetail, ClientMessage, ServerMessage, Update};
-use super::server::Socket;
-use super::tokens;
+use super::hub::{Broadcast, ClientSlot, Hub};
+use super::socket::{Socket, write_frames};
+use crate::serve::access::{Access, Grant};
+use crate::serve::models::{AnimeDetail, ClientMessage, ServerMessage, Update};
+use crate::serve::tokens;
 use crate::store::history;
 
 /// Largest client message accepted, in bytes (larger ones get an `error`).
@@ -101,8 +100,9 @@ struct Peer {
     owes_pong: bool,
     /// When the client last sent anything (a pong, a message).
     heard: Instant,
-    /// The server stops, or the client went silent: close.
-    closing: bool,
+    /// Set when a broadcast ends the connection (the server stops, or the
+    /// client went silent): close once the loop sees it.
+    closing: Option<Closed>,
     /// Checks in-band tokens.
     access: Arc<Access>,
     /// When the connection's token runs out (`None`: never).
@@ -110,7 +110,30 @@ struct Peer {
 }
 
 /// Why a connection ends.
-struct Closed;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// The client closed it, or its socket failed.
+    ByClient,
+    /// A write did not complete within [`SEND_TIMEOUT`].
+    StoppedReading,
+    /// Nothing heard from the client for [`DEAD_AFTER`].
+    Silent,
+    /// The connection's token expired unrefreshed.
+    TokenExpired,
+    /// The server is stopping.
+    ServerStopping,
+}
+
+impl Closed {
+    /// The close frame this end sends for it: the documented code and
+    /// reason for an expired token, a plain close otherwise.
+    fn frame(self) -> Option<CloseFrame> {
+        (self == Self::TokenExpired).then(|| CloseFrame {
+            code: CloseCode::from(tokens::EXPIRED_CLOSE_CODE),
+            reason: tokens::EXPIRED_CLOSE_REASON.into(),
+        })
+    }
+}
 
 impl Peer {
     /// Queues `frame` for the next burst.
@@ -144,13 +167,13 @@ impl Peer {
             Broadcast::Batch(all) => all.iter().for_each(|b| self.on_broadcast(b)),
             Broadcast::Heartbeat if self.heard.elapsed() > DEAD_AFTER => {
                 tracing::info!("client silent for {}s; closing", DEAD_AFTER.as_secs());
-                self.closing = true;
+                self.closing = Some(Closed::Silent);
             }
             Broadcast::Heartbeat => {
                 self.publish_counts();
                 self.send(Frame::ping());
             }
-            Broadcast::Closing => self.closing = true,
+            Broadcast::Closing => self.closing = Some(Closed::ServerStopping),
         }
     }
 
@@ -195,11 +218,11 @@ impl Peer {
                 }
                 Ok(())
             }
-            Some(Err(_)) => Err(Closed),
+            Some(Err(_)) => Err(Closed::ByClient),
             None => {
                 tracing::info!("client stopped reading; closing its connection");
                 self.hub.counters.dropped.increment(1);
-                Err(Closed)
+                Err(Closed::StoppedReading)
             }
         }
     }
@@ -214,7 +237,7 @@ impl Peer {
     /// Answers one frame from the client (into the outgoing queue).
     async fn on_frame(&mut self, frame: Message) -> Result<(), Closed> {
         let text = match &frame {
-            Message::Close(_) => return Err(Closed),
+            Message::Close(_) => return Err(Closed::ByClient),
             Message::Ping(_) => {
                 self.owes_pong = true;
                 return Ok(());
@@ -321,12 +344,7 @@ impl Peer {
                 if self.rooms.insert(id) {
                     self.hub.join_room(id);
                 }
-                let detail = AnimeDetail {
-                    mal_id: id,
-                    current,
-                    history,
-                };
-                self.send_json(ServerMessage::Anime(detail));
+                self.send_json(ServerMessage::Anime(AnimeDetail::new(current, history)));
             }
             Ok(None) => {
                 self.send_json(ServerMessage::error(format!(
@@ -443,11 +461,11 @@ async fn history_reaching(pool: &Pool, last_id: i64) -> Result<(i64, i64), crate
     }
 }
 
-/// Serves one connection (counted by `connection`) until the client leaves,
-/// dies, or `shutdown`.
+/// Serves one connection (holding its place in the budget, `slot`) until
+/// the client leaves, dies, or `shutdown`.
 pub async fn run(
     socket: Socket,
-    connection: Connection,
+    slot: ClientSlot,
     hub: Arc<Hub>,
     pool: Pool,
     access: Arc<Access>,
@@ -469,93 +487,114 @@ pub async fn run(
         unpublished: 0,
         owes_pong: false,
         heard: Instant::now(),
-        closing: false,
+        closing: None,
         access,
         expires: None,
     };
-    // How long the token holds comes first, so the client can plan its refresh.
-    peer.grant(start.grant);
-    let mut result = match start.resume {
-        None => {
-            peer.snapshot();
-            Ok(())
-        }
-        // The replay, then the ranking it does not carry.
-        Some(last_id) => peer.resume(last_id).await.map(|()| {
-            let items = peer.hub.trending();
-            peer.send_json(ServerMessage::Trending { items });
-        }),
+    let closed = match peer.open(start).await {
+        // Pings and the server's stop come as broadcasts (one timer for the
+        // process, not one per connection); a stop that came before this
+        // connection subscribed is seen here.
+        Ok(()) if shutdown.is_cancelled() => Closed::ServerStopping,
+        Ok(()) => peer.follow(&mut broadcasts).await,
+        Err(closed) => closed,
     };
-    let stats = ServerMessage::Stats(peer.hub.stats());
-    peer.send_json(stats);
-    if result.is_ok() {
-        result = peer.write_out().await;
+    peer.close(closed).await;
+    drop(slot);
+}
+
+impl Peer {
+    /// The connection's first messages: how long its token holds (first, so
+    /// the client can plan its refresh), the snapshot or the replay, the
+    /// figures.
+    async fn open(&mut self, start: Start) -> Result<(), Closed> {
+        self.grant(start.grant);
+        match start.resume {
+            None => self.snapshot(),
+            Some(last_id) => {
+                self.resume(last_id).await?;
+                // The ranking a replay does not carry.
+                let items = self.hub.trending();
+                self.send_json(ServerMessage::Trending { items });
+            }
+        }
+        let stats = ServerMessage::Stats(self.hub.stats());
+        self.send_json(stats);
+        self.write_out().await
     }
-    // Pings and the server's stop come as broadcasts (one timer for the
-    // process, not one per connection); a stop that came before this
-    // connection subscribed is seen here.
-    peer.closing |= shutdown.is_cancelled();
-    let mut expired = false;
-    while result.is_ok() && !peer.closing {
-        let expires = peer.expires;
-        result = tokio::select! {
-            // In this order, without drawing a random one each time.
-            biased;
-            received = broadcasts.recv() => match received {
-                Ok(broadcast) => {
-                    peer.on_broadcast(&broadcast);
-                    // Whatever else is ready goes in the same burst.
-                    let mut lagged = None;
-                    while peer.out.len() < MAX_BURST && !peer.closing {
-                        match broadcasts.try_recv() {
-                            Ok(broadcast) => peer.on_broadcast(&broadcast),
-                            Err(TryRecvError::Lagged(missed)) => {
-                                lagged = Some(missed);
-                                break;
-                            }
-                            Err(_) => break,
+
+    /// Broadcasts out and client messages in, until something ends the
+    /// connection; why it ended.
+    async fn follow(&mut self, broadcasts: &mut broadcast::Receiver<Broadcast>) -> Closed {
+        loop {
+            let expires = self.expires;
+            let step = tokio::select! {
+                // In this order, without drawing a random one each time.
+                biased;
+                received = broadcasts.recv() => match received {
+                    Ok(broadcast) => self.on_broadcasts(broadcast, broadcasts).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        self.coalesce(missed);
+                        self.write_out().await
+                    }
+                    Err(RecvError::Closed) => Err(Closed::ServerStopping),
+                },
+                frame = self.socket.next() => match frame {
+                    Some(Ok(frame)) => {
+                        self.heard = Instant::now();
+                        match self.on_frame(frame).await {
+                            Ok(()) => self.write_out().await,
+                            Err(closed) => Err(closed),
                         }
                     }
-                    if let Some(missed) = lagged {
-                        peer.coalesce(missed);
-                    }
-                    if peer.closing { Ok(()) } else { peer.write_out().await }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    peer.coalesce(missed);
-                    peer.write_out().await
-                }
-                Err(RecvError::Closed) => Err(Closed),
-            },
-            frame = peer.socket.next() => match frame {
-                Some(Ok(frame)) => {
-                    peer.heard = Instant::now();
-                    match peer.on_frame(frame).await {
-                        Ok(()) => peer.write_out().await,
-                        Err(closed) => Err(closed),
-                    }
-                }
-                _ => Err(Closed),
-            },
-            () = until(expires) => {
-                expired = true;
-                Err(Closed)
+                    _ => Err(Closed::ByClient),
+                },
+                () = until(expires) => Err(Closed::TokenExpired),
+            };
+            if let Err(closed) = step {
+                return closed;
             }
-        };
+            if let Some(closed) = self.closing {
+                return closed;
+            }
+        }
     }
-    peer.publish_counts();
-    for mal_id in peer.rooms.drain() {
-        peer.hub.leave_room(mal_id);
+
+    /// `first` and whatever else is ready, written as one burst.
+    async fn on_broadcasts(
+        &mut self,
+        first: Broadcast,
+        broadcasts: &mut broadcast::Receiver<Broadcast>,
+    ) -> Result<(), Closed> {
+        self.on_broadcast(&first);
+        while self.out.len() < MAX_BURST && self.closing.is_none() {
+            match broadcasts.try_recv() {
+                Ok(broadcast) => self.on_broadcast(&broadcast),
+                Err(TryRecvError::Lagged(missed)) => {
+                    self.coalesce(missed);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if self.closing.is_some() {
+            return Ok(());
+        }
+        self.write_out().await
     }
-    let close = expired.then(|| CloseFrame {
-        code: CloseCode::from(tokens::EXPIRED_CLOSE_CODE),
-        reason: tokens::EXPIRED_CLOSE_REASON.into(),
-    });
-    if expired {
-        tracing::info!("a client's token expired unrefreshed; closing its connection");
+
+    /// Leaves the rooms, counts what was sent, and says goodbye.
+    async fn close(mut self, closed: Closed) {
+        self.publish_counts();
+        for mal_id in self.rooms.drain() {
+            self.hub.leave_room(mal_id);
+        }
+        if closed == Closed::TokenExpired {
+            tracing::info!("a client's token expired unrefreshed; closing its connection");
+        }
+        tracing::debug!(?closed, "WebSocket connection ends");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close(closed.frame())).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), peer.socket.close(close)).await;
-    drop(connection);
 }
 
 /// Waits until `deadline`, or forever without one.
@@ -578,22 +617,4 @@ pub async fn heartbeat(hub: Arc<Hub>, shutdown: CancellationToken) {
         }
     }
     hub.send(Broadcast::Closing);
-}
-
-/// Writes `frames` whole, as few writes as the socket allows.
-async fn write_frames(socket: &mut (impl AsyncWrite + Unpin), frames: &[Frame]) -> std::io::Result<()> {
-    if let [one] = frames {
-        socket.write_all(one.bytes()).await?;
-        return socket.flush().await;
-    }
-    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f.bytes())).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let written = socket.write_vectored(rest).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, written);
-    }
-    socket.flush().await
 }

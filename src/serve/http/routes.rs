@@ -10,9 +10,11 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use super::App;
 use super::error::{self, ApiError};
 use super::server::Upgrade;
-use super::{App, access, handlers};
+use super::{guard, handlers};
+use crate::serve::access::Grant;
 
 /// The request [`super::head`] stands in for a refused one: its JSON error.
 fn refused() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
@@ -124,7 +126,7 @@ pub fn routes(
     app: App,
     shutdown: CancellationToken,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
-    let auth = access::authorized(Arc::clone(&app.access));
+    let auth = guard::authorized(Arc::clone(&app.access));
     let updates = warp::path("updates")
         .and(warp::path::end())
         .and(query())
@@ -150,7 +152,7 @@ pub fn routes(
         .and(auth.clone())
         .and(updates.or(trending).or(anime).or(stats))
         .map(Reply::into_response);
-    let api: BoxedFilter<(Response,)> = match access::cors(&app.access) {
+    let api: BoxedFilter<(Response,)> = match guard::cors(&app.access) {
         Some(cors) => api.with(cors).map(Reply::into_response).boxed(),
         None => api.boxed(),
     };
@@ -182,21 +184,17 @@ pub fn routes(
         .and_then(|| handlers::asset("favicon.svg".to_owned()));
     let probe = warp::path!("api" / "live" / "access")
         .and(get())
-        .and(access::probe(Arc::clone(&app.access)));
+        .and(guard::probe(Arc::clone(&app.access)));
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(get())
-        .and(access::origin_checked(Arc::clone(&app.access)))
-        .and(access::granted(Arc::clone(&app.access)))
+        .and(guard::origin_checked(Arc::clone(&app.access)))
+        .and(guard::granted(Arc::clone(&app.access)))
         .and(upgrade_request())
         .and(query())
         .and(with_app(app))
         .and_then(
-            move |grant: access::Grant,
-                  key: String,
-                  upgrade: Upgrade,
-                  query: HashMap<String, String>,
-                  app: App| {
+            move |grant: Grant, key: String, upgrade: Upgrade, query: HashMap<String, String>, app: App| {
                 handlers::websocket(grant, key, upgrade, query, app, shutdown.clone())
             },
         );
@@ -213,5 +211,15 @@ pub fn routes(
         .or(assets)
         .or(favicon)
         .or(index)
+        .recover(error::handle_rejection)
+}
+
+/// The routes of a server that has only the process's `/metrics` (a
+/// `consume` process's `METRICS_ADDR`): refused heads and every other path
+/// answered as JSON, as on the full server.
+pub fn metrics_only() -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    refused()
+        .or(crate::metrics::route())
+        .unify()
         .recover(error::handle_rejection)
 }

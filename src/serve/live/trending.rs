@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::models::TrendingItem;
 use crate::event::{Event, Measure};
+use crate::serve::models::TrendingItem;
 
 /// Time for momentum to halve.
 pub const HALF_LIFE: Duration = Duration::from_secs(10 * 60);
