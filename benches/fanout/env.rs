@@ -294,11 +294,6 @@ fn tail(path: &Path) -> String {
     lines.join("\n")
 }
 
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// Waits until `GET /readyz` answers 200, while the children are alive.
 pub(crate) async fn wait_ready(
     cleanup: &mut Cleanup,

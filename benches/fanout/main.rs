@@ -27,6 +27,8 @@
 mod client;
 mod env;
 mod floor;
+#[path = "../../tests/support/ports.rs"]
+mod ports;
 mod procfs;
 mod report;
 
@@ -39,7 +41,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::client::{DONE, Load, MEASURING, SOURCES, spawn_clients};
-use crate::env::{Cleanup, Env, Fresh, connect_db, free_port, wait_ready};
+use crate::env::{Cleanup, Env, Fresh, connect_db, wait_ready};
+use crate::ports::free_port;
 use crate::procfs::{CpuReading, cores, cpu_seconds, load_average, raise_open_files, status_kib};
 use crate::report::{Report, drained, fan_out, stored_latency};
 

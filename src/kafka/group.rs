@@ -1,6 +1,6 @@
 //! The consumer-group side of the broker, which rskafka does not speak:
-//! committing a group's offsets as a *standalone* consumer (and, in the tests,
-//! fetching them back).
+//! committing a group's offsets as a *standalone* consumer (the tests fetch
+//! them back, in `group/tests.rs`).
 //!
 //! `consume` keeps its offsets in PostgreSQL (see [`crate::store`]); this
 //! client copies them to Kafka's group coordinator so that operators' tools
@@ -18,13 +18,9 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::error::ParseResponseErrorCode;
-#[cfg(test)]
-use kafka_protocol::messages::OffsetFetchRequest;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-#[cfg(test)]
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, OffsetCommitRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
@@ -37,9 +33,6 @@ use crate::config::KafkaArgs;
 const FIND_COORDINATOR: std::ops::RangeInclusive<i16> = 0..=6;
 /// `OffsetCommit` versions we send (10 names topics by id).
 const OFFSET_COMMIT: std::ops::RangeInclusive<i16> = 2..=9;
-/// `OffsetFetch` versions we send (8 batches groups).
-#[cfg(test)]
-const OFFSET_FETCH: std::ops::RangeInclusive<i16> = 1..=7;
 /// Stored beside each committed offset, for whoever wonders where it came from.
 const COMMIT_METADATA: &str = "catlog-live: mirrored from PostgreSQL";
 
@@ -81,18 +74,6 @@ impl GroupClient {
     /// the call fails.
     pub async fn commit(&mut self, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
         let result = self.try_commit(topic, offsets).await;
-        if result.is_err() {
-            self.coordinator = None;
-        }
-        result
-    }
-
-    /// The group's committed offsets on `partitions` of `topic`; a partition
-    /// without one is left out. (The mirror only commits; this reads back
-    /// what it committed, in the tests.)
-    #[cfg(test)]
-    pub async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let result = self.try_fetch(topic, partitions).await;
         if result.is_err() {
             self.coordinator = None;
         }
@@ -143,46 +124,6 @@ impl GroupClient {
                 error,
             }),
         }
-    }
-
-    #[cfg(test)]
-    async fn try_fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let group = self.group.clone();
-        let coordinator = self.coordinator().await?;
-        let version = coordinator.version::<OffsetFetchRequest>(OFFSET_FETCH)?;
-        let request = OffsetFetchRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
-            .with_topics(Some(vec![
-                OffsetFetchRequestTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                    .with_partition_indexes(partitions.to_vec()),
-            ]));
-        let response = coordinator.send(&request, version).await?;
-        let refused = |what: String, error| GroupError::Refused {
-            broker: coordinator.broker().to_owned(),
-            group: group.clone(),
-            api: api_name(OffsetFetchRequest::KEY),
-            what,
-            error,
-        };
-        if let Some(error) = response.error_code.err() {
-            return Err(refused("the group".into(), error));
-        }
-        let mut offsets = BTreeMap::new();
-        for t in response.topics.iter().filter(|t| t.name.0.as_str() == topic) {
-            for p in &t.partitions {
-                if let Some(error) = p.error_code.err() {
-                    return Err(refused(
-                        format!("partition {} of {topic}", p.partition_index),
-                        error,
-                    ));
-                }
-                if p.committed_offset >= 0 {
-                    offsets.insert(p.partition_index, p.committed_offset);
-                }
-            }
-        }
-        Ok(offsets)
     }
 
     /// The connection to the group's coordinator, found first if need be.

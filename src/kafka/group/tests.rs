@@ -6,11 +6,68 @@ mod fake;
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::{ApiKey, OffsetFetchRequest};
 
 use super::*;
 use crate::config::{KafkaArgs, SaslMechanism};
 use fake::{ALL, Broker, OLD, PASSWORD, USER, start};
+
+/// `OffsetFetch` versions the tests send (8 batches groups).
+const OFFSET_FETCH: std::ops::RangeInclusive<i16> = 1..=7;
+
+/// Reading back what the mirror committed: the product only commits.
+impl GroupClient {
+    /// The group's committed offsets on `partitions` of `topic`; a partition
+    /// without one is left out. (The mirror only commits; this reads back
+    /// what it committed, in the tests.)
+    async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let result = self.try_fetch(topic, partitions).await;
+        if result.is_err() {
+            self.coordinator = None;
+        }
+        result
+    }
+
+    async fn try_fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let group = self.group.clone();
+        let coordinator = self.coordinator().await?;
+        let version = coordinator.version::<OffsetFetchRequest>(OFFSET_FETCH)?;
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partition_indexes(partitions.to_vec()),
+            ]));
+        let response = coordinator.send(&request, version).await?;
+        let refused = |what: String, error| GroupError::Refused {
+            broker: coordinator.broker().to_owned(),
+            group: group.clone(),
+            api: api_name(OffsetFetchRequest::KEY),
+            what,
+            error,
+        };
+        if let Some(error) = response.error_code.err() {
+            return Err(refused("the group".into(), error));
+        }
+        let mut offsets = BTreeMap::new();
+        for t in response.topics.iter().filter(|t| t.name.0.as_str() == topic) {
+            for p in &t.partitions {
+                if let Some(error) = p.error_code.err() {
+                    return Err(refused(
+                        format!("partition {} of {topic}", p.partition_index),
+                        error,
+                    ));
+                }
+                if p.committed_offset >= 0 {
+                    offsets.insert(p.partition_index, p.committed_offset);
+                }
+            }
+        }
+        Ok(offsets)
+    }
+}
 
 fn args(broker: &Broker, sasl: Option<(SaslMechanism, &str)>) -> KafkaArgs {
     let mut args = KafkaArgs::plain(format!("127.0.0.1:{}", broker.port), "anime-popularity");

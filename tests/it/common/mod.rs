@@ -50,12 +50,12 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+#[path = "../../support/ports.rs"]
+mod ports;
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    ports::free_port().unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// Whether something accepts connections on 127.0.0.1:`port`.
