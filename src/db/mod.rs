@@ -150,7 +150,10 @@ impl FromStr for Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.application_name("catlog-live");
+        // What pg_stat_activity shows; a URL's own `application_name` wins.
+        if config.get_application_name().is_none() {
+            config.application_name("catlog-live");
+        }
         let tls = match config.get_ssl_mode() {
             SslMode::Require => Some(tls::require()?),
             _ => None,

@@ -51,13 +51,17 @@ async fn newest_offsets(db: &TestDb) -> BTreeMap<i32, i64> {
 /// Sessions of the test's database idle inside a transaction that holds an
 /// advisory lock: a writer frozen mid-batch, holding the commit order.
 async fn frozen_mid_batch(db: &TestDb) -> i64 {
-    db.count(
+    db.count(&format!(
         "SELECT count(DISTINCT a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND a.state = 'idle in transaction' \
-           AND a.datname = current_database()",
-    )
+           AND a.datname = current_database() AND a.application_name = '{A_NAME}'"
+    ))
     .await
 }
+
+/// Consumer A's sessions, as `pg_stat_activity` names them: B's, between
+/// its last statement and its commit, hold the same lock for a moment.
+const A_NAME: &str = "catlog-live-a";
 
 fn acquired(consumer: &Proc) -> usize {
     consumer.output().matches("acquired partition").count()
@@ -67,7 +71,11 @@ fn acquired(consumer: &Proc) -> usize {
 /// events flow on all four partitions and both hold some.
 async fn two_consumers(db: &TestDb, topic: &TestTopic, proxy: &Proxy) -> (Proc, Proc, Proc) {
     let a = Proc::spawn(
-        with_limits(catlog(&["consume"], &topic.name, &db.url_via(proxy.port()))),
+        with_limits(catlog(
+            &["consume"],
+            &topic.name,
+            &format!("{}?application_name={A_NAME}", db.url_via(proxy.port())),
+        )),
         "consume-a",
     );
     wait_until(
