@@ -1,7 +1,7 @@
-//! The JSON the server speaks, over HTTP and WebSocket alike: the
-//! messages of the live feed (both ways), the REST bodies, and the views of
-//! stored rows they carry. The store's rows know nothing of JSON; the
-//! shapes here are the contract.
+//! The JSON both halves of the server speak: the messages of the live feed
+//! (both ways) and the views of stored rows they carry, which the REST API
+//! answers with too (its own page bodies are in [`super::http::handlers`]).
+//! The store's rows know nothing of JSON; the shapes here are the contract.
 
 use std::collections::BTreeMap;
 
@@ -265,21 +265,6 @@ pub enum ClientMessage {
     Token {
         token: String,
     },
-}
-
-/// `GET /api/live/updates`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpdatesPage {
-    pub updates: Vec<Update>,
-    /// Pass as `before` for the next (older) page; `None` at the end.
-    pub next_before: Option<i64>,
-}
-
-/// `GET /api/live/trending`.
-#[derive(Debug, Serialize)]
-pub struct TrendingPage {
-    pub items: Vec<TrendingItem>,
 }
 
 #[cfg(test)]

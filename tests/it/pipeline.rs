@@ -417,6 +417,25 @@ async fn a_standalone_consumer_exposes_its_metrics() {
         }
     })
     .await;
+    // The same HTTP front door as `serve`: anything else is a JSON 404 that
+    // says what is there, and an oversized head is refused in JSON.
+    let other = reqwest::get(format!("http://127.0.0.1:{port}/api/live/stats"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(other.status(), 404);
+    let body: serde_json::Value = other.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["error"], "not found: this server only has /metrics");
+    let huge = reqwest::Client::new()
+        .get(&url)
+        .header("x-filler", "x".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        huge.status(),
+        431,
+        "an oversized head is refused before the route"
+    );
 }
 
 #[tokio::test]

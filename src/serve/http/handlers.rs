@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use askama::Template;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
@@ -23,7 +24,7 @@ use super::page::{
 use super::server::Upgrade;
 use crate::serve::access::Grant;
 use crate::serve::live::{socket, trending, ws};
-use crate::serve::models::{AnimeDetail, TrendingPage, Update, UpdatesPage};
+use crate::serve::models::{AnimeDetail, TrendingItem, Update};
 use crate::store::{StoreError, history};
 
 fn unavailable(error: StoreError) -> Rejection {
@@ -50,6 +51,21 @@ where
             range.end()
         ))),
     }
+}
+
+/// `GET /api/live/updates`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatesPage {
+    pub updates: Vec<Update>,
+    /// Pass as `before` for the next (older) page; `None` at the end.
+    pub next_before: Option<i64>,
+}
+
+/// `GET /api/live/trending`.
+#[derive(Debug, Serialize)]
+pub struct TrendingPage {
+    pub items: Vec<TrendingItem>,
 }
 
 /// `GET /api/live/updates?limit=&malId=&before=`.

@@ -221,5 +221,11 @@ pub fn metrics_only() -> impl Filter<Extract = (impl warp::Reply,), Error = Infa
     refused()
         .or(crate::metrics::route())
         .unify()
+        .recover(|rejection: warp::Rejection| async move {
+            if rejection.is_not_found() {
+                return Err::<Response, _>(ApiError::not_found("not found: this server only has /metrics"));
+            }
+            Err(rejection)
+        })
         .recover(error::handle_rejection)
 }
