@@ -1,5 +1,8 @@
 //! One partition's reader: from the group's stored position into the
-//! writer's queue.
+//! writer's queue, each record already validated into a history row or a
+//! dead letter (the readers do that work while the writer commits the batch
+//! before: ingest went from 82–86 k to 92–94 k events/s, see
+//! `docs/history.md`).
 //!
 //! A stored offset only means something in the log it was read from. The
 //! broker on the other end may lose its storage, or the topic may be deleted
@@ -24,10 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConsumeError, ConsumerSettings};
 use crate::config::StartFrom;
+use crate::event::{self, Event};
 use crate::kafka::{self, Broker, KafkaError, LogCheck, Partition, RecordMark};
 use crate::metrics::names;
 use crate::retry::{Backoff, Streak};
-use crate::store::{NewLog, Position, positions};
+use crate::store::{Batch, DeadLetter, NewLog, Position, Row, positions};
 
 /// Most bytes asked for in one fetch.
 const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
@@ -35,11 +39,14 @@ const FETCH_MAX_BYTES: i32 = 4 * 1024 * 1024;
 /// What a reader hands the writer, in order.
 #[derive(Debug)]
 pub enum Work {
-    /// Records of one partition, read from the log of `log_epoch`.
+    /// Records of one partition, read from the log of `log_epoch`, already
+    /// validated into history rows and dead letters with the partition's
+    /// position after them: the reader does that work, beside the writer's
+    /// commit of the batch before.
     Records {
         partition: i32,
         log_epoch: i32,
-        records: Vec<RecordAndOffset>,
+        chunk: Batch,
     },
     /// The partition's log is new: record the move before any of its records.
     NewLog(NewLog),
@@ -310,7 +317,7 @@ impl Reader {
             let work = Work::Records {
                 partition: self.partition,
                 log_epoch,
-                records,
+                chunk: validated(self.partition, log_epoch, records),
             };
             if self.queue.send(work).await.is_err() {
                 return false;
@@ -359,4 +366,48 @@ impl Reader {
             .is_ok()
             .then_some(position))
     }
+}
+
+/// Every record of one chunk validated: a history row or a dead letter
+/// each, and the partition's position after the last.
+fn validated(partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) -> Batch {
+    let mut batch = Batch::default();
+    for RecordAndOffset { record, offset } in records {
+        let event_id = event::event_id(&record.headers);
+        batch.positions.insert(
+            partition,
+            Position {
+                next_offset: offset + 1,
+                log_epoch,
+                last: Some(RecordMark {
+                    time: record.timestamp,
+                    event_id: event_id.as_ref().ok().copied().flatten(),
+                }),
+            },
+        );
+        let value = record.value.unwrap_or_default();
+        let valid = event_id.and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
+        match valid {
+            Ok((event_id, event)) => batch.rows.push(Row {
+                partition,
+                log_epoch,
+                offset,
+                event_id,
+                event,
+                raw: value,
+            }),
+            Err(invalid) => {
+                tracing::warn!(partition, offset, reason = %invalid, "dead letter");
+                batch.dead_letters.push(DeadLetter {
+                    partition,
+                    log_epoch,
+                    offset,
+                    key: record.key,
+                    payload: Some(value),
+                    reason: invalid.to_string(),
+                });
+            }
+        }
+    }
+    batch
 }

@@ -1,4 +1,5 @@
-//! The writer: drains the readers' queue into batches and commits each
+//! The writer: drains the readers' queue (records they validated) into
+//! batches and commits each
 //! in one transaction (see [`crate::store::batch`]). Database trouble is
 //! retried with backoff; a batch the database rejects for its data is split
 //! so the culprit becomes a dead letter; records read from a log older than
@@ -9,18 +10,15 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Work;
 use super::mirror::Stored;
 use super::{ConsumeError, ConsumerSettings};
-use crate::event::{self, Event};
-use crate::kafka::RecordMark;
 use crate::metrics::names;
 use crate::retry::{Backoff, Streak};
-use crate::store::{self, Batch, CommitError, DeadLetter, Fence, Mode, NewLog, Position, Row, Written};
+use crate::store::{self, Batch, CommitError, DeadLetter, Fence, Mode, NewLog, Position, Written};
 
 /// Where batches go: the pool, and the lease that fences them (see
 /// [`crate::store::Fence`]); `None` until the leases hold a session.
@@ -60,15 +58,7 @@ pub(super) async fn run(
                 }
                 continue;
             }
-            Work::Records {
-                partition,
-                log_epoch,
-                records,
-            } => {
-                let mut batch = Batch::default();
-                add(&mut batch, partition, log_epoch, records);
-                batch
-            }
+            Work::Records { chunk, .. } => chunk,
         };
         // More chunks, up to a batch; a new log or another log epoch of a
         // partition already in the batch waits for the next one.
@@ -77,13 +67,13 @@ pub(super) async fn run(
                 Ok(Work::Records {
                     partition,
                     log_epoch,
-                    records,
+                    chunk,
                 }) if batch
                     .positions
                     .get(&partition)
                     .is_none_or(|p| p.log_epoch == log_epoch) =>
                 {
-                    add(&mut batch, partition, log_epoch, records)
+                    batch.append(chunk)
                 }
                 Ok(other) => {
                     carried = Some(other);
@@ -99,48 +89,6 @@ pub(super) async fn run(
                 for p in partitions {
                     let _ = restart.try_send(p);
                 }
-            }
-        }
-    }
-}
-
-/// Validates every record of one chunk into `batch`: a history row or a
-/// dead letter each, and the partition's position after the last.
-fn add(batch: &mut Batch, partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) {
-    for RecordAndOffset { record, offset } in records {
-        let event_id = event::event_id(&record.headers);
-        batch.positions.insert(
-            partition,
-            Position {
-                next_offset: offset + 1,
-                log_epoch,
-                last: Some(RecordMark {
-                    time: record.timestamp,
-                    event_id: event_id.as_ref().ok().copied().flatten(),
-                }),
-            },
-        );
-        let value = record.value.unwrap_or_default();
-        let valid = event_id.and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
-        match valid {
-            Ok((event_id, event)) => batch.rows.push(Row {
-                partition,
-                log_epoch,
-                offset,
-                event_id,
-                event,
-                raw: value,
-            }),
-            Err(invalid) => {
-                tracing::warn!(partition, offset, reason = %invalid, "dead letter");
-                batch.dead_letters.push(DeadLetter {
-                    partition,
-                    log_epoch,
-                    offset,
-                    key: record.key,
-                    payload: Some(value),
-                    reason: invalid.to_string(),
-                });
             }
         }
     }

@@ -78,6 +78,14 @@ impl Batch {
         self.rows.len() + self.dead_letters.len()
     }
 
+    /// Adds `other`'s records after this batch's; a partition's position
+    /// becomes `other`'s (read later).
+    pub fn append(&mut self, other: Batch) {
+        self.rows.extend(other.rows);
+        self.dead_letters.extend(other.dead_letters);
+        self.positions.extend(other.positions);
+    }
+
     /// Whether the batch has no records.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
