@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use warp::{Filter, Rejection, Reply};
 
@@ -74,7 +75,6 @@ pub mod names {
     pub const WS_RESYNCS_TOTAL: &str = "catlog_ws_resyncs_total";
 }
 
-use metrics::Unit;
 use names::*;
 
 /// What kind of value a metric holds.
@@ -90,7 +90,7 @@ pub enum Kind {
 pub struct Metric {
     pub name: &'static str,
     pub kind: Kind,
-    pub unit: Option<metrics::Unit>,
+    pub unit: Option<Unit>,
     pub help: &'static str,
 }
 

@@ -1,8 +1,7 @@
 //! One partition's reader: from the group's stored position into the
 //! writer's queue, each record already validated into a history row or a
-//! dead letter (the readers do that work while the writer commits the batch
-//! before: ingest went from 82–86 k to 92–94 k events/s, see
-//! `docs/history.md`).
+//! dead letter: the readers do that work while the writer commits the batch
+//! before (what it bought: `docs/history.md`).
 //!
 //! A stored offset only means something in the log it was read from. The
 //! broker on the other end may lose its storage, or the topic may be deleted

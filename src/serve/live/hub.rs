@@ -346,7 +346,7 @@ impl Hub {
 
     /// A place for one more client, held for as long as the slot lives;
     /// `None` (counted as refused) when all `max_clients` are taken.
-    pub fn try_connect(self: &Arc<Self>) -> Option<ClientSlot> {
+    pub fn try_connect(&self) -> Option<ClientSlot> {
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => {
                 self.clients_gauge.increment(1.0);
