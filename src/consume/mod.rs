@@ -2,17 +2,18 @@
 //!
 //! ```text
 //!  leases ──(owned partitions)──► one reader per partition ──► bounded queue ──► writer
-//!                                  (rskafka fetch, from the        (capacity       (validate, one
-//!                                   stored position)                QUEUE_DEPTH)    transaction per batch)
+//!                                  (rskafka fetch, from the        (capacity       (one transaction
+//!                                   stored position, validate)      QUEUE_DEPTH)    per batch)
 //! ```
 //!
 //! * [`leases`] decides which partitions this process reads.
 //! * [`fetch`] reads one partition from the group's stored position, after
 //!   checking that the broker's log is the one that position was read from
-//!   (a new log starts again, under a new log epoch); a full queue pauses it.
-//! * [`writer`] drains the queue into batches, turns each record into a
-//!   history row or a dead letter, and commits them with the positions
-//!   (through [`crate::store`]).
+//!   (a new log starts again, under a new log epoch), and turns each record
+//!   into a history row or a dead letter; a full queue pauses it.
+//! * [`writer`] drains the queue into batches and commits them with the
+//!   positions (through [`crate::store`]), the next batch sent while one
+//!   commits.
 //! * [`mirror`] copies the positions the writer stored to Kafka's group
 //!   coordinator, for operators' tools; PostgreSQL stays the truth, and
 //!   the writer never waits for it.

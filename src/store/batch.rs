@@ -21,8 +21,12 @@
 //! once per connection, is sent at once and the answers read in order
 //! (tokio-postgres pipelines requests issued together), since the server
 //! would otherwise wait on this client between statements while the commit
-//! lock is held. The server still runs them one after another, the lock
-//! first.
+//! lock is held. The server runs them one after another: the history rows
+//! into a table of the session's own first (decoded from the arrays and
+//! cast, before the lock, while the batch before may still hold it), then
+//! the lock, then the insert from there, the current state, the positions.
+//! [`write`] says when the lock is held, so that a writer can send its next
+//! batch behind it (`consume::writer`).
 
 mod columns;
 
@@ -30,6 +34,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
 use deadpool_postgres::{GenericClient, Transaction};
+use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -202,6 +207,36 @@ FROM unnest($2::int4[], $3::int4[], $4::int8[], $5::uuid[], $6::int4[], $7::text
          current_score, live_members, trending_rank, popularity_change, event_time)
 "#;
 
+/// A table of this session's own, where a fresh batch's history rows wait
+/// (decoded from the arrays, cast, in rows) while the batch before holds the
+/// commit-order lock: what is left once it is taken is the insert itself.
+/// Created once per session, without a notice; emptied at every commit.
+const STAGE_TABLE: &str = r#"
+DO $$ BEGIN
+    IF to_regclass('pg_temp.history_batch') IS NULL THEN
+        CREATE TEMP TABLE history_batch (LIKE popularity_events) ON COMMIT DELETE ROWS;
+        ALTER TABLE history_batch DROP COLUMN id, DROP COLUMN ingested_at;
+    END IF;
+END $$"#;
+
+/// A fresh batch's rows into [`STAGE_TABLE`], before the lock.
+static STAGE_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    INSERT_EVENTS.replacen(
+        "INSERT INTO popularity_events",
+        "INSERT INTO pg_temp.history_batch",
+        1,
+    )
+});
+
+/// From there into the history, under the lock.
+const INSERT_STAGED: &str = r#"
+INSERT INTO popularity_events (topic, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
+                               current_score, live_members, trending_rank, popularity_change, event_time)
+SELECT topic, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
+       current_score, live_members, trending_rank, popularity_change, event_time
+FROM pg_temp.history_batch
+"#;
+
 /// The same, skipping records already stored (by position or by event id);
 /// says which were inserted.
 static INSERT_EVENTS_SKIPPING_STORED: LazyLock<String> = LazyLock::new(|| {
@@ -283,7 +318,10 @@ pub enum Mode {
     SkipStored,
 }
 
-/// Writes `batch` for `group` reading `topic` inside `tx` (not committed here).
+/// Writes `batch` for `group` reading `topic` inside `tx` (not committed
+/// here). `locked` is told as soon as the transaction holds the
+/// commit-order lock (a writer sends its next batch only then, so that
+/// batches take the lock in the order they were sent).
 pub async fn write(
     tx: &Transaction<'_>,
     group: &str,
@@ -291,10 +329,18 @@ pub async fn write(
     batch: &Batch,
     mode: Mode,
     fence: Option<Fence>,
+    locked: Option<oneshot::Sender<()>>,
 ) -> Result<Written, CommitError> {
     match mode {
-        Mode::Fresh => write_pipelined(tx, group, topic, batch, fence).await,
-        Mode::SkipStored => write_in_turn(tx, group, topic, batch, mode, fence).await,
+        Mode::Fresh => write_pipelined(tx, group, topic, batch, fence, locked).await,
+        Mode::SkipStored => write_in_turn(tx, group, topic, batch, mode, fence, locked).await,
+    }
+}
+
+/// Tells `locked`, if anyone listens, that the commit-order lock is held.
+fn tell(locked: Option<oneshot::Sender<()>>) {
+    if let Some(locked) = locked {
+        let _ = locked.send(());
     }
 }
 
@@ -318,6 +364,7 @@ async fn write_pipelined(
     topic: &str,
     batch: &Batch,
     fence: Option<Fence>,
+    locked: Option<oneshot::Sender<()>>,
 ) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, Mode::Fresh);
     // Prepared once per connection, so nothing below waits before sending.
@@ -326,7 +373,9 @@ async fn write_pipelined(
         .prepare_cached(positions::LOAD_POSITIONS)
         .await
         .map_err(classify)?;
-    let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(classify)?;
+    tx.batch_execute(STAGE_TABLE).await.map_err(classify)?;
+    let stage = tx.prepare_cached(&STAGE_EVENTS).await.map_err(classify)?;
+    let insert = tx.prepare_cached(INSERT_STAGED).await.map_err(classify)?;
     let upsert = tx.prepare_cached(UPSERT_LIVE).await.map_err(classify)?;
     let dead = tx.prepare_cached(INSERT_DEAD_LETTERS).await.map_err(classify)?;
     let save = tx.prepare_cached(SAVE_POSITIONS).await.map_err(classify)?;
@@ -334,8 +383,19 @@ async fn write_pipelined(
 
     let rows: Vec<&Row> = batch.rows.iter().collect();
     let anything = !rows.is_empty() || !batch.dead_letters.is_empty();
-    let (locked, held_rows, stored_rows, inserted, upserted, dead_letters, moved, notified) = futures::join!(
-        async { tx.simple_query(&TAKE_COMMIT_ORDER).await },
+    let (staged, locked, held_rows, stored_rows, inserted, upserted, dead_letters, moved, notified) = futures::join!(
+        async {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(&stage, &EventColumns::of(&batch.rows).params(&topic))
+                .await
+        },
+        async {
+            let taken = tx.simple_query(&TAKE_COMMIT_ORDER).await?;
+            tell(locked);
+            Ok::<_, tokio_postgres::Error>(taken)
+        },
         async {
             match fence {
                 Some(fence) => {
@@ -352,8 +412,7 @@ async fn write_pipelined(
             if rows.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&insert, &EventColumns::of(&batch.rows).params(&topic))
-                .await
+            tx.execute(&insert, &[]).await
         },
         async {
             if rows.is_empty() {
@@ -385,6 +444,7 @@ async fn write_pipelined(
             tx.execute(&notify, &[&NOTIFY_CHANNEL]).await
         },
     );
+    staged.map_err(classify)?;
     locked.map_err(classify)?;
     if let Some(held) = held_rows.map_err(classify)? {
         let lost = not_held(&held, batch);
@@ -417,9 +477,11 @@ async fn write_in_turn(
     batch: &Batch,
     mode: Mode,
     fence: Option<Fence>,
+    locked: Option<oneshot::Sender<()>>,
 ) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, mode);
     lock_commit_order(tx).await.map_err(classify)?;
+    tell(locked);
     if let Some(fence) = fence {
         let lost = lost_partitions(tx, fence, batch).await.map_err(classify)?;
         if !lost.is_empty() {

@@ -270,7 +270,7 @@ async fn a_record_twice_in_one_batch_is_stored_and_counted_once() {
     let mut client = pool.get().await.unwrap();
     for mode in [Mode::Fresh, Mode::SkipStored] {
         let tx = client.transaction().await.unwrap();
-        let written = write(&tx, "g", "t", &batch, mode, None).await;
+        let written = write(&tx, "g", "t", &batch, mode, None, None).await;
         match (mode, written) {
             (Mode::Fresh, Err(_)) => tx.rollback().await.unwrap(),
             (Mode::SkipStored, Ok(written)) => {

@@ -443,7 +443,9 @@ async fn titles_and_times_are_stored_exactly_as_sent() {
     let topic = TestTopic::new(1).await;
     let db = TestDb::new();
     // What a CSV or text encoding could trip on: quotes, commas, line
-    // breaks, a line that is only `\.`, backslashes, tabs, any script.
+    // breaks, a line that is only `\.`, backslashes, tabs, any script, the
+    // text format's own null, a carriage return; and a time finer than a
+    // microsecond (stored cut to one, whichever statement writes it).
     let titles = [
         "Say \"I love you\"",
         "Re:Zero, Starting Life",
@@ -452,6 +454,8 @@ async fn titles_and_times_are_stored_exactly_as_sent() {
         "C:\\path\\to\tanime",
         "進撃の巨人 — ½ 🎉",
         ",",
+        "\\N",
+        "carriage\rreturn",
     ];
     let records = titles
         .iter()
@@ -463,7 +467,7 @@ async fn titles_and_times_are_stored_exactly_as_sent() {
                 "eventType": "SCORE_UPDATE",
                 "currentScore": "8.75",
                 "popularityChange": "-0.05",
-                "timestamp": format!("2025-08-14T18:30:0{i}.123456Z"),
+                "timestamp": format!("2025-08-14T18:30:0{i}.123456{}Z", if i % 2 == 1 { "789" } else { "" }),
             });
             (Some(b"k".to_vec()), Some(json.to_string().into_bytes()))
         })
