@@ -170,6 +170,10 @@ pub(super) async fn run(
                 // retry of `before` needs.
                 drop(gate);
                 let batch = flight.recall().await;
+                tracing::info!(
+                    records = batch.len(),
+                    "a batch did not commit as sent; the batch sent after it was rolled back and goes again after it"
+                );
                 if !writer.recover(failed).await {
                     return;
                 }
@@ -260,7 +264,8 @@ impl Writer {
                 landed(&written, flight.batch.len(), at - flight.since, &self.stored);
                 return Ok(at);
             }
-            // A replay: written again from the start, skipping what is stored.
+            // A replay (written again from the start, skipping what is
+            // stored); a closed gate cannot reach here, but would mean the same.
             Ok(Ok(None) | Err(CommitError::Duplicate)) => None,
             Ok(Err(error)) => Some(error),
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),

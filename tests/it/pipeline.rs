@@ -499,3 +499,92 @@ async fn titles_and_times_are_stored_exactly_as_sent() {
         assert!(row.get::<_, bool>(2), "the time to the microsecond");
     }
 }
+
+#[tokio::test]
+async fn a_batch_the_database_refuses_while_the_next_is_on_its_way_costs_one_dead_letter_and_nothing_else() {
+    // A trigger refuses one title, as a constraint would: its batch fails
+    // while the writer has already sent the next one behind it. That one is
+    // rolled back and sent again; the refused record becomes a dead letter
+    // in the database's words; every other event is stored and counted once.
+    let topic = TestTopic::new(1).await;
+    let db = TestDb::migrated().await;
+    db.connect()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+                 IF NEW.title = 'Poison' THEN \
+                     RAISE EXCEPTION 'no poison here' USING ERRCODE = 'check_violation'; \
+                 END IF; \
+                 RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON popularity_events \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    let n: i64 = 6_000;
+    let poison = 3_100;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let records = chunk
+            .iter()
+            .map(|&i| {
+                let mal_id = 1 + i % 50;
+                let title = if i == poison {
+                    "Poison".to_owned()
+                } else {
+                    format!("Title {mal_id}")
+                };
+                let json = serde_json::json!({
+                    "malId": mal_id,
+                    "title": title,
+                    "eventType": "SCORE_UPDATE",
+                    "currentScore": "8.75",
+                    "popularityChange": "+0.01",
+                    "timestamp": "2025-08-14T18:30:00.000Z",
+                });
+                (
+                    Some(mal_id.to_string().into_bytes()),
+                    Some(json.to_string().into_bytes()),
+                )
+            })
+            .collect();
+        topic.publish_raw(0, records).await;
+    }
+    let mut cmd = catlog(&["consume"], &topic.name, &db.url);
+    cmd.env("CONSUMER_BATCH_SIZE", "500");
+    let consumer = Proc::spawn(cmd, "consume");
+    wait_for_rows(&db, "SELECT count(*) FROM dead_letters", 1, &consumer).await;
+    wait_for_rows(&db, "SELECT count(*) FROM popularity_events", n - 1, &consumer).await;
+
+    let client = db.connect().await;
+    let dead = client
+        .query_one(r#"SELECT "offset", reason FROM dead_letters"#, &[])
+        .await
+        .unwrap();
+    assert_eq!(dead.get::<_, i64>(0), poison, "the refused record");
+    let reason: String = dead.get(1);
+    assert!(
+        reason.contains("rejected by the database") && reason.contains("no poison here"),
+        "{reason}"
+    );
+    assert_eq!(
+        db.count(r#"SELECT count(DISTINCT "offset") FROM popularity_events"#)
+            .await,
+        n - 1,
+        "every other record stored once"
+    );
+    assert_eq!(
+        db.count("SELECT sum(event_count)::int8 FROM live_popularity")
+            .await,
+        n - 1,
+        "and counted once:\n{}",
+        consumer.output()
+    );
+    let said = consumer.output();
+    assert!(said.contains("committing record by record"), "{said}");
+    assert!(
+        said.contains("the batch sent after it was rolled back"),
+        "the next batch was on its way:\n{said}"
+    );
+}
