@@ -38,6 +38,11 @@ use crate::store::{Batch, DeadLetter, NewLog, Position, Row, positions};
 /// larger record still comes whole: brokers send at least one).
 const FETCH_MAX_BYTES: i32 = 1024 * 1024;
 
+/// Most records validated and handed over at once: the writer takes
+/// what is there (merging chunks up to a batch), so a small chunk lets the
+/// first batch go sooner.
+const CHUNK: usize = 1_000;
+
 /// What a reader hands the writer, in order.
 #[derive(Debug)]
 pub enum Work {
@@ -310,12 +315,12 @@ impl Reader {
         }
     }
 
-    /// Hands records to the writer, at most a batch per message, so a large
-    /// fetch still commits in batch-sized transactions. `false` once the
-    /// writer is gone.
+    /// Hands records to the writer, validated, at most [`CHUNK`] (or a
+    /// batch, if smaller) per message: the writer merges them up to a
+    /// batch. `false` once the writer is gone.
     async fn send(&self, log_epoch: i32, mut records: Vec<RecordAndOffset>) -> bool {
         while !records.is_empty() {
-            let rest = records.split_off(records.len().min(self.settings.batch_size));
+            let rest = records.split_off(records.len().min(CHUNK.min(self.settings.batch_size)));
             let work = Work::Records {
                 partition: self.partition,
                 log_epoch,
