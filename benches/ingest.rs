@@ -21,6 +21,7 @@ use events::{PARTITIONS, consume, copy, publish, shape};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The consumer's own log on stderr, as RUST_LOG asks (errors only without it).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
