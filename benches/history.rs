@@ -2,7 +2,8 @@
 //! grows. Builds a history of N realistic rows (Zipf over the catalog with the
 //! simulator's exponent, spread over 30 days, time-ordered event ids, the
 //! least popular title with an anime panel's worth of events (200) in its
-//! first hours and none after) in a database of its own, and a small one
+//! first hours and none after, and the same 1,000 rows in its last five
+//! minutes at every size) in a database of its own, and a small one
 //! (10,000 rows) beside it, then times
 //! on both, in the same run: each route's query, the follower's start, a
 //! resume of 1,000, `doctor`, ingest of 100,000 events through `consume`
@@ -68,6 +69,23 @@ FROM generate_series($1::int8, $2::int8) AS g,
      LATERAL (SELECT CASE WHEN g % $10::int8 = 0 AND g / $10::int8 < $11::int8 THEN $4::int4
                           WHEN k = $4::int4 THEN k - 1
                           ELSE k END AS q) AS quiet
+"#;
+
+/// Rows the history gains in the last minutes before it is measured (one
+/// every 300 ms), as on a live site: what the trending window reads.
+const LIVE_ROWS: i64 = 1_000;
+
+/// Those rows: copies of the newest built ones, now.
+const LIVE_TAIL: &str = r#"
+INSERT INTO popularity_events (topic, partition, log_epoch, "offset", event_id, mal_id, title, event_type,
+                               current_score, live_members, trending_rank, popularity_change,
+                               event_time, ingested_at)
+SELECT 'bench-history-live', 0, 0, g, gen_random_uuid(), e.mal_id, e.title, e.event_type,
+       e.current_score, e.live_members, e.trending_rank, e.popularity_change,
+       now() - ($1 - g) * interval '300 milliseconds', now() - ($1 - g) * interval '300 milliseconds'
+FROM generate_series(1::int8, $1::int8) AS g,
+     LATERAL (SELECT * FROM popularity_events
+              WHERE id = (SELECT max(id) FROM popularity_events WHERE topic = 'bench-history') - g) AS e
 "#;
 
 /// The current state the built history leaves.
@@ -243,7 +261,9 @@ async fn measure(
     // Build.
     let started = Instant::now();
     let span = (DAYS * 86_400) as f64;
-    let start = chrono::Utc::now() - chrono::Duration::days(DAYS);
+    // The span ends an hour before the build starts, so that what the
+    // trending window finds is the live tail below, the same at every size.
+    let start = chrono::Utc::now() - chrono::Duration::days(DAYS) - chrono::Duration::hours(1);
     if sql
         .query_one("SELECT to_regproc('ensure_history_partitions') IS NOT NULL", &[])
         .await?
@@ -291,6 +311,9 @@ async fn measure(
     // Write the build out now, so that its checkpoint does not land in the
     // middle of what is measured.
     sql.batch_execute("CHECKPOINT").await?;
+    // A live site's last minutes, just before the queries: the same rows at
+    // every size.
+    sql.execute(LIVE_TAIL, &[&LIVE_ROWS]).await?;
     let built = started.elapsed().as_secs_f64();
     let sizes = sql.query_one(SIZES, &[]).await?;
     let (heap, indexes): (i64, i64) = (sizes.get(0), sizes.get(1));
