@@ -379,19 +379,17 @@ impl Reader {
 /// each, and the partition's position after the last.
 fn validated(partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) -> Batch {
     let mut batch = Batch::default();
+    let mut after = None;
     for RecordAndOffset { record, offset } in records {
         let event_id = event::event_id(&record.headers);
-        batch.positions.insert(
-            partition,
-            Position {
-                next_offset: offset + 1,
-                log_epoch,
-                last: Some(RecordMark {
-                    time: record.timestamp,
-                    event_id: event_id.as_ref().ok().copied().flatten(),
-                }),
-            },
-        );
+        after = Some(Position {
+            next_offset: offset + 1,
+            log_epoch,
+            last: Some(RecordMark {
+                time: record.timestamp,
+                event_id: event_id.as_ref().ok().copied().flatten(),
+            }),
+        });
         let value = record.value.unwrap_or_default();
         let valid = event_id.and_then(|id| Event::from_bytes(&value).map(|event| (id, event)));
         match valid {
@@ -416,5 +414,8 @@ fn validated(partition: i32, log_epoch: i32, records: Vec<RecordAndOffset>) -> B
             }
         }
     }
+    batch
+        .positions
+        .extend(after.map(|position| (partition, position)));
     batch
 }

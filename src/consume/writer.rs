@@ -517,7 +517,9 @@ async fn commit(settings: &ConsumerSettings, sink: &Sink, batch: &Batch) -> Resu
 /// transaction is rolled back). The writing and the commit are each
 /// bounded by `DB_TIMEOUT`; the waits for the batch before are not (that
 /// one is bounded itself, and the writer opens or closes the gate as soon
-/// as it lands).
+/// as it lands). A connection given up halfway (timed out, or the task
+/// stopped by the writer) may still owe answers or hold the transaction
+/// open on the server: it leaves the pool ([`store::Bounded::held`]).
 async fn commit_in(
     settings: &ConsumerSettings,
     sink: &Sink,
@@ -530,13 +532,11 @@ async fn commit_in(
         let _ = after.await;
     }
     let pool = &sink.pool;
-    let mut conn = Connection(Some(
-        pool.get().await.map_err(|e| CommitError::Unavailable(e.into()))?,
-    ));
+    let mut conn = store::checkout(pool).await.map_err(CommitError::Unavailable)?;
     let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
     let classify = |e| CommitError::classify(e, mode);
     let elapsed = |_| CommitError::TimedOut(limit);
-    let db = conn.client();
+    let db = conn.held();
     let work = async {
         // Records only come from readers of leased partitions: no lease now
         // means it was lost since they were read.
@@ -572,38 +572,9 @@ async fn commit_in(
     };
     let result = work.await;
     if !matches!(result, Err(CommitError::TimedOut(_))) {
-        conn.release();
+        conn.answered();
     }
     result
-}
-
-/// A batch's connection: back to the pool once the database answered;
-/// closed instead when the attempt was given up halfway (it timed out, or
-/// the writer stopped its task), since it may still owe answers, or its
-/// transaction may stay open on the server until
-/// idle_in_transaction_session_timeout ends it.
-struct Connection(Option<deadpool_postgres::Object>);
-
-impl Connection {
-    fn client(&mut self) -> &mut deadpool_postgres::Object {
-        // Only `release` and `Drop` take it.
-        self.0
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("a connection used after its release"))
-    }
-
-    /// Back to the pool.
-    fn release(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        if let Some(db) = self.0.take() {
-            drop(deadpool_postgres::Object::take(db));
-        }
-    }
 }
 
 /// Records the move of a partition to a new log, retrying database trouble.

@@ -25,7 +25,7 @@
 //! into a table of the session's own first (decoded from the arrays and
 //! cast, before the lock, while the batch before may still hold it), then
 //! the lock, then the insert from there, the current state, the positions.
-//! [`write`] says when the lock is held, so that a writer can send its next
+//! [`write()`] says when the lock is held, so that a writer can send its next
 //! batch behind it (`consume::writer`).
 
 mod columns;

@@ -82,6 +82,24 @@ pub async fn checkout(pool: &deadpool_postgres::Pool) -> Result<Bounded> {
 }
 
 impl Bounded {
+    /// The connection itself, for work the bounded queries cannot wrap (a
+    /// transaction held across statements and its commit, bounded by the
+    /// caller): from here it counts as abandoned, and leaves the pool when
+    /// dropped, until [`Bounded::answered`] says the work ended with the
+    /// database's answer.
+    pub fn held(&mut self) -> &mut deadpool_postgres::Object {
+        self.timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.db
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a connection used after drop"))
+    }
+
+    /// The work on [`Bounded::held`] ended with an answer: the connection
+    /// goes back to the pool when dropped.
+    pub fn answered(&self) {
+        self.timed_out.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn client(&self) -> &deadpool_postgres::Object {
         // Only `Drop` takes it.
         self.db
