@@ -253,7 +253,9 @@ async fn measure(
         .url
         .parse::<Database>()?
         .with_timeout(Duration::from_secs(120));
+    // The upkeep's pool (retention), and the server's, as each builds it.
     let pool = db.connect_and_migrate(2).await?;
+    let reads = db.reading_pool(2)?;
     let session = db.session().await?;
     let sql = &session.client;
     sql.batch_execute("SET statement_timeout = 0").await?;
@@ -345,47 +347,47 @@ async fn measure(
     ));
 
     // The queries.
-    let last = history::last_id(&pool).await?;
+    let last = history::last_id(&reads).await?;
     let mut timed: Vec<(&str, f64)> = Vec::new();
     timed.push((
         "serve start: trending window",
-        median(|| async { history::recent(&pool, 600.0, 20_000).await.map(drop) }).await?,
+        median(|| async { history::recent(&reads, 600.0, 20_000).await.map(drop) }).await?,
     ));
     timed.push((
         "serve start: newest id",
-        median(|| async { history::last_id(&pool).await.map(drop) }).await?,
+        median(|| async { history::last_id(&reads).await.map(drop) }).await?,
     ));
     timed.push((
         "GET /api/events",
-        median(|| async { history::latest(&pool, 50, None, None).await.map(drop) }).await?,
+        median(|| async { history::latest(&reads, 50, None, None).await.map(drop) }).await?,
     ));
     timed.push((
         "GET /api/events?before= (page 2)",
-        median(|| async { history::latest(&pool, 50, None, Some(last - 50)).await.map(drop) }).await?,
+        median(|| async { history::latest(&reads, 50, None, Some(last - 50)).await.map(drop) }).await?,
     ));
     timed.push((
         "GET /api/events?malId= busiest",
-        median(|| async { history::latest(&pool, 50, Some(busiest), None).await.map(drop) }).await?,
+        median(|| async { history::latest(&reads, 50, Some(busiest), None).await.map(drop) }).await?,
     ));
     timed.push((
         "GET /api/events?malId= quietest",
-        median(|| async { history::latest(&pool, 50, Some(quiet), None).await.map(drop) }).await?,
+        median(|| async { history::latest(&reads, 50, Some(quiet), None).await.map(drop) }).await?,
     ));
     timed.push((
         "anime panel / WS subscribe, busiest",
-        median(|| async { history::anime(&pool, busiest).await.map(drop) }).await?,
+        median(|| async { history::anime(&reads, busiest).await.map(drop) }).await?,
     ));
     timed.push((
         "anime panel / WS subscribe, quietest",
-        median(|| async { history::anime(&pool, quiet).await.map(drop) }).await?,
+        median(|| async { history::anime(&reads, quiet).await.map(drop) }).await?,
     ));
     timed.push((
         "resume 1,000",
-        median(|| async { history::rows_after(&pool, last - 1000, 1001).await.map(drop) }).await?,
+        median(|| async { history::rows_after(&reads, last - 1000, 1001).await.map(drop) }).await?,
     ));
     timed.push((
         "resume bounds (resync)",
-        median(|| async { history::bounds(&pool).await.map(drop) }).await?,
+        median(|| async { history::bounds(&reads).await.map(drop) }).await?,
     ));
     for (name, ms) in timed {
         run.figures.push((format!("{name} (ms)"), format!("{ms:.2}")));

@@ -326,7 +326,8 @@ impl Producer {
 
 impl Consumer {
     async fn build(kafka: &KafkaArgs, stage: ConsumeStage) -> Result<Self, PipelineError> {
-        let (db, pool) = connect(&stage.db, CONSUMER_POOL_SIZE).await?;
+        let db = connect(&stage.db).await?;
+        let pool = db.pool(CONSUMER_POOL_SIZE)?;
         let reader = Broker::connect_reader(kafka).await?;
         let mirror = if stage.options.offset_mirror {
             Some(GroupClient::new(kafka, stage.group.group_id.clone())?)
@@ -381,7 +382,8 @@ impl Server {
         access: Access,
         broker: Option<Broker>,
     ) -> Result<Self, PipelineError> {
-        let (db, pool) = connect(&stage.db, SERVER_POOL_SIZE).await?;
+        let db = connect(&stage.db).await?;
+        let pool = db.reading_pool(SERVER_POOL_SIZE)?;
         let kafka_client = match broker {
             Some(broker) => Some(broker),
             None => match Broker::connect(kafka).await {
@@ -429,12 +431,12 @@ impl Server {
     }
 }
 
-/// The database a stage names, migrated, with a pool of `size`.
-async fn connect(args: &DbArgs, size: usize) -> Result<(Database, Pool), PipelineError> {
+/// The database a stage names, migrated.
+async fn connect(args: &DbArgs) -> Result<Database, PipelineError> {
     let db: Database = args.database_url.parse()?;
     let db = db.with_timeout(args.timeout);
-    let pool = db.connect_and_migrate(size).await?;
-    Ok((db, pool))
+    db.ensure_migrated().await?;
+    Ok(db)
 }
 
 /// The server's access settings, with its token keys read.

@@ -123,9 +123,10 @@ impl Bounded {
         result
     }
 
-    /// `sql` prepared once per connection and kept (with its plan, once
-    /// PostgreSQL settles on one), bounded: for statements run often, whose
-    /// planning would otherwise cost more than running them.
+    /// `sql` prepared once per connection and kept, bounded: for statements
+    /// run often. On the server's connections it is also planned once
+    /// ([`crate::db::Database::reading_pool`]): planning one of them costs
+    /// more than running it.
     pub async fn prepared(&self, sql: &str) -> Result<tokio_postgres::Statement> {
         self.run("a prepare", self.client().prepare_cached(sql)).await
     }
