@@ -66,6 +66,11 @@ pub(super) async fn run(
         stored,
         shutdown,
     };
+    // Meanwhile the readers start: the connections the first batches go
+    // on are made ready then, not by those batches.
+    let mut warming = Some(AbortOnDropHandle::new(tokio::spawn(ready(
+        writer.sink.pool.clone(),
+    ))));
     let mut carried: Option<Work> = None;
     // The batch sent last, not yet known to be committed.
     let mut ahead: Option<InFlight> = None;
@@ -150,6 +155,12 @@ pub(super) async fn run(
             }
         }
         let batch = Arc::new(batch);
+        if let Some(warming) = warming.take() {
+            tokio::select! {
+                _ = warming => {}
+                _ = writer.shutdown.cancelled() => {}
+            }
+        }
         let Some(mut before) = ahead.take() else {
             ahead = Some(writer.send(batch, None, None));
             continue;
@@ -180,6 +191,26 @@ pub(super) async fn run(
                 ahead = Some(writer.send(batch, None, None));
             }
         }
+    }
+}
+
+/// Makes the connections of a batch committing and of the one sent ahead
+/// ready to write (see [`store::batch::ready`]); trouble is only logged,
+/// as the batches meet it again and retry.
+async fn ready(pool: Pool) {
+    let one = async || {
+        let mut conn = store::checkout(&pool).await?;
+        let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
+        crate::db::bounded(limit, "readying a connection", async {
+            Ok::<_, store::StoreError>(store::batch::ready(conn.held()).await?)
+        })
+        .await?;
+        conn.answered();
+        // Both held until both are ready: two connections, not one twice.
+        Ok::<_, store::StoreError>(conn)
+    };
+    if let Err(error) = futures::try_join!(one(), one()) {
+        tracing::debug!(%error, "could not ready the writer's connections ahead");
     }
 }
 

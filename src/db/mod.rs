@@ -360,6 +360,11 @@ impl Database {
         };
         Ok(Pool::builder(manager)
             .max_size(size)
+            // The connection returned last is handed out first, so the
+            // work of the moment keeps the same few connections, their
+            // statements prepared and the server's caches warm (as
+            // PgBouncer reuses server connections).
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .wait_timeout(Some(self.timeout))
             .create_timeout(Some(self.timeout))
             .recycle_timeout(Some(self.timeout))
