@@ -418,16 +418,7 @@ async fn write_pipelined(
     locked: Option<oneshot::Sender<()>>,
 ) -> Result<Written, CommitError> {
     let classify = |e| CommitError::classify(e, Mode::Fresh);
-    let Statements {
-        held,
-        stored,
-        stage,
-        insert,
-        upsert,
-        dead,
-        save,
-        notify,
-    } = statements(tx).await.map_err(classify)?;
+    let statement = statements(tx).await.map_err(classify)?;
     let rows: Vec<&Row> = batch.rows.iter().collect();
     let anything = !rows.is_empty() || !batch.dead_letters.is_empty();
     let (staged, locked, held_rows, stored_rows, inserted, upserted, dead_letters, moved, notified) = futures::join!(
@@ -435,7 +426,7 @@ async fn write_pipelined(
             if rows.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&stage, &EventColumns::of(&batch.rows).params(&topic))
+            tx.execute(&statement.stage, &EventColumns::of(&batch.rows).params(&topic))
                 .await
         },
         async {
@@ -447,39 +438,43 @@ async fn write_pipelined(
             match fence {
                 Some(fence) => {
                     let wanted = wanted(batch);
-                    tx.query(&held, &[&i64::from(fence.key), &fence.pid, &wanted])
+                    tx.query(&statement.held, &[&i64::from(fence.key), &fence.pid, &wanted])
                         .await
                         .map(Some)
                 }
                 None => Ok(None),
             }
         },
-        async { tx.query(&stored, &[&group, &topic]).await },
+        async { tx.query(&statement.stored, &[&group, &topic]).await },
         async {
             if rows.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&insert, &[]).await
+            tx.execute(&statement.insert, &[]).await
         },
         async {
             if rows.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&upsert, &LiveColumns::of(&rows).params()).await
+            tx.execute(&statement.upsert, &LiveColumns::of(&rows).params())
+                .await
         },
         async {
             if batch.dead_letters.is_empty() {
                 return Ok(0);
             }
-            tx.execute(&dead, &DeadColumns::of(&batch.dead_letters).params(&topic))
-                .await
+            tx.execute(
+                &statement.dead,
+                &DeadColumns::of(&batch.dead_letters).params(&topic),
+            )
+            .await
         },
         async {
             if batch.positions.is_empty() {
                 return Ok(Vec::new());
             }
             tx.query(
-                &save,
+                &statement.save,
                 &PositionColumns::of(&batch.positions).params(&group, &topic),
             )
             .await
@@ -488,7 +483,7 @@ async fn write_pipelined(
             if !anything {
                 return Ok(0);
             }
-            tx.execute(&notify, &[&NOTIFY_CHANNEL]).await
+            tx.execute(&statement.notify, &[&NOTIFY_CHANNEL]).await
         },
     );
     staged.map_err(classify)?;

@@ -164,30 +164,19 @@ async fn history_reads_stay_small_whatever_the_statistics_say() {
     // (planned once, not on every call), and finds the quiet title there.
     let database: catlog_live::db::Database = db.url.parse().unwrap();
     let reads = database.reading_pool(1).unwrap();
-    let mode: String = reads
-        .get()
-        .await
-        .unwrap()
-        .query_one("SHOW plan_cache_mode", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        mode, "force_generic_plan",
-        "the server's reads plan on every call"
+        plan_cache_mode(&reads).await,
+        "force_generic_plan",
+        "the server's reads are planned on every call"
     );
     let quiet = history::latest(&reads, 50, Some(QUIET), None).await.unwrap();
     assert_eq!(quiet.len(), 3);
     // The writer's and the upkeep's connections leave the choice to PostgreSQL.
-    let mode: String = database
-        .pool(1)
-        .unwrap()
-        .get()
-        .await
-        .unwrap()
-        .query_one("SHOW plan_cache_mode", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "auto");
+    assert_eq!(plan_cache_mode(&database.pool(1).unwrap()).await, "auto");
+}
+
+/// How a connection of `pool` chooses the plan of a kept statement.
+async fn plan_cache_mode(pool: &deadpool_postgres::Pool) -> String {
+    let db = pool.get().await.unwrap();
+    db.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0)
 }
