@@ -7,8 +7,9 @@
 //! (10,000 rows) beside it, then times
 //! on both, in the same run: each route's query, the follower's start, a
 //! resume of 1,000, `doctor`, ingest of 100,000 events through `consume`
-//! against a plain COPY of the same rows, one retention sweep (keeping 8
-//! days less than the history holds) and the next.
+//! against a plain COPY of the same rows (three times, each of a topic of
+//! its own: the median ratio), one retention sweep (keeping 8 days less
+//! than the history holds) and the next.
 //!
 //! ```text
 //! scripts/bench history --rows 1000000
@@ -40,6 +41,10 @@ const CHUNK: i64 = 1_000_000;
 const ZIPF: f64 = 1.2;
 /// Timed runs of each query (the median is shown), after one warm-up.
 const RUNS: usize = 7;
+/// Ingests timed, each of its own topic's events against a COPY of the
+/// same rows (the median ratio is shown): one run of 100,000 events takes
+/// about a second, and moves by several points from one run to the next.
+const INGESTS: usize = 3;
 
 /// One row of history per `g`, as the consumer would have written it.
 const FILL: &str = r#"
@@ -146,6 +151,12 @@ fn args() -> anyhow::Result<Args> {
     Ok(out)
 }
 
+/// A topic's events, published for the ingest, kept for the COPY.
+struct Feed {
+    topic: String,
+    published: Vec<Published>,
+}
+
 /// One database of the run and what was measured on it.
 struct Run {
     rows: i64,
@@ -184,8 +195,21 @@ async fn main() -> anyhow::Result<()> {
         topic.clone(),
     ))
     .await?;
-    kafka::ensure_topic(&client, &topic, PARTITIONS, None).await?;
-    let published = publish(&client, &topic, args.ingest).await?;
+    // The topics ingested; the first is also the one `doctor` looks at.
+    let mut feeds = Vec::new();
+    for i in 1..=INGESTS {
+        let name = if i == 1 {
+            topic.clone()
+        } else {
+            format!("{topic}-{i}")
+        };
+        kafka::ensure_topic(&client, &name, PARTITIONS, None).await?;
+        let published = publish(&client, &name, args.ingest).await?;
+        feeds.push(Feed {
+            topic: name,
+            published,
+        });
+    }
 
     let mut runs = Vec::new();
     for (size, label) in [(args.small, "small"), (args.rows, "large")] {
@@ -197,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             figures: Vec::new(),
         });
     }
-    // One consume of the topic into a scratch database first, so that the
+    // One consume of each topic into a scratch database first, so that the
     // first measured ingest does not pay for a cold broker.
     let scratch = format!("{base}/catlog_bench_history_warmup_{suffix}");
     let warm: Database = scratch.parse()?;
@@ -205,12 +229,21 @@ async fn main() -> anyhow::Result<()> {
         warm.connect_and_migrate(1).await?;
         warm.session().await?
     };
-    consume(&scratch, &broker, &topic, &warm_session.client, published.len()).await?;
+    for feed in &feeds {
+        consume(
+            &scratch,
+            &broker,
+            &feed.topic,
+            &warm_session.client,
+            feed.published.len(),
+        )
+        .await?;
+    }
     drop(warm_session);
     drop_database(&admin, "catlog_bench_history_warmup", &suffix).await?;
 
     for run in &mut runs {
-        measure(run, &ids, &names, &broker, &topic, &published).await?;
+        measure(run, &ids, &names, &broker, &feeds).await?;
     }
     print_table(&runs);
 
@@ -244,9 +277,9 @@ async fn measure(
     ids: &[i32],
     names: &[String],
     broker: &str,
-    topic: &str,
-    published: &[Published],
+    feeds: &[Feed],
 ) -> anyhow::Result<()> {
+    let topic = &feeds[0].topic;
     // Building takes long; a query the product runs is still bounded, but
     // loosely, so that a slow one is timed rather than cut off.
     let db: Database = run
@@ -393,26 +426,47 @@ async fn measure(
         run.figures.push((format!("{name} (ms)"), format!("{ms:.2}")));
     }
 
-    // Ingest: a plain COPY of the events into a table of the history's
-    // shape, then `consume` of the same events from the broker.
-    sql.batch_execute(&format!(
-        "CREATE TABLE copy_baseline (LIKE {} INCLUDING ALL)",
-        shape(sql).await?
-    ))
-    .await?;
-    let copy_secs = copy(sql, "copy_baseline", topic, published).await?;
-    sql.batch_execute("DROP TABLE copy_baseline").await?;
-    let ingest_secs = consume(&run.url, broker, topic, sql, published.len()).await?;
-    let copy_rate = published.len() as f64 / copy_secs;
-    let ingest_rate = published.len() as f64 / ingest_secs;
+    // Ingest: a plain COPY of a topic's events into a table of the
+    // history's shape, then `consume` of the same events from the broker;
+    // once per topic.
+    let mut pairs = Vec::new();
+    for Feed { topic, published } in feeds {
+        sql.batch_execute(&format!(
+            "CREATE TABLE copy_baseline (LIKE {} INCLUDING ALL)",
+            shape(sql).await?
+        ))
+        .await?;
+        let copy_secs = copy(sql, "copy_baseline", topic, published).await?;
+        sql.batch_execute("DROP TABLE copy_baseline").await?;
+        let ingest_secs = consume(&run.url, broker, topic, sql, published.len()).await?;
+        let n = published.len() as f64;
+        pairs.push((n / ingest_secs, n / copy_secs));
+    }
+    let middle = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let ratios: Vec<f64> = pairs.iter().map(|(i, c)| i / c).collect();
     run.figures.push((
-        format!("ingest {} events (ev/s)", group(published.len() as i64)),
-        format!("{ingest_rate:.0}"),
+        format!("ingest {} events (ev/s)", group(feeds[0].published.len() as i64)),
+        format!("{:.0}", middle(pairs.iter().map(|p| p.0).collect())),
     ));
-    run.figures
-        .push(("COPY of the same rows (rows/s)".into(), format!("{copy_rate:.0}")));
-    run.figures
-        .push(("ingest / COPY".into(), format!("{:.2}", ingest_rate / copy_rate)));
+    run.figures.push((
+        "COPY of the same rows (rows/s)".into(),
+        format!("{:.0}", middle(pairs.iter().map(|p| p.1).collect())),
+    ));
+    run.figures.push((
+        format!("ingest / COPY (median of {INGESTS})"),
+        format!("{:.2}", middle(ratios.clone())),
+    ));
+    run.figures.push((
+        "  each run".into(),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    ));
 
     // doctor, as `catlog-live doctor` runs it.
     let cli = Cli::try_parse_from([
@@ -493,6 +547,7 @@ fn print_table(runs: &[Run]) {
     for ((name, a), (_, b)) in small.figures.iter().zip(&large.figures) {
         let ratio = match (a.parse::<f64>(), b.parse::<f64>()) {
             (Ok(a), Ok(b)) if a > 0.0 && name.contains("(ms)") => format!("{:.1}×", b / a),
+            (Ok(a), Ok(b)) if a > 0.0 && name.contains("(ev/s)") => format!("{:.2}×", b / a),
             _ => String::new(),
         };
         println!("{name:<width$}{a:>20}{b:>20}{ratio:>9}");
