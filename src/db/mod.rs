@@ -336,7 +336,8 @@ impl Database {
 
     /// A pool for the history's readers (`serve`): as [`Database::pool`],
     /// and each connection plans a statement it keeps prepared once, not on
-    /// every call (`plan_cache_mode = force_generic_plan`).
+    /// every call (`plan_cache_mode = force_generic_plan`), and never
+    /// compiles one (`jit = off`).
     ///
     /// Every statement `serve` runs is written so that its plan does not
     /// depend on its values (`tests/it/plans.rs` checks each in the plan
@@ -344,11 +345,18 @@ impl Database {
     /// choice, once the history is large, is to plan it afresh on every
     /// call, which costs more than running it (a title's last 50 events at
     /// 30 M rows: 0.45 ms a call planned each time, 0.19 ms planned once).
-    /// The writer's and the upkeep's statements, whose best plan may depend
-    /// on the values (how many rows an array holds, how old a week is),
-    /// keep PostgreSQL's choice.
+    /// And the plan made without the values assumes `LIMIT $1` wants a
+    /// tenth of the rows: at 100 M rows its estimate passes
+    /// `jit_above_cost`, and PostgreSQL would compile the statement on
+    /// every call (about 40 ms) to read 50 rows. The writer's and the
+    /// upkeep's statements, whose best plan may depend on the values (how
+    /// many rows an array holds, how old a week is), keep PostgreSQL's
+    /// choices.
     pub fn reading_pool(&self, size: usize) -> Result<Pool> {
-        self.pool_of(size, self.limited_with("-c plan_cache_mode=force_generic_plan"))
+        self.pool_of(
+            size,
+            self.limited_with("-c plan_cache_mode=force_generic_plan -c jit=off"),
+        )
     }
 
     fn pool_of(&self, size: usize, config: Config) -> Result<Pool> {
