@@ -215,11 +215,12 @@ async fn embedded_elements_on_another_origin_share_one_socket_and_a_refused_orig
         &shows(&first),
     )
     .await;
-    // The second the way a person does it: a click (or Enter) on a trending title.
-    // (The list is redrawn as the ranking moves: a title gone under the
-    // pointer is looked up again.)
+    // The second the way a person does it: a click (or Enter) on another
+    // trending title. (The list is redrawn as the ranking moves: the first
+    // may have changed places, and a title gone under the pointer is
+    // looked up again.)
     let mut second = None;
-    for _ in 0..5 {
+    'tries: for _ in 0..5 {
         let trending = client.find(Locator::Css("catlog-live-trending")).await.unwrap();
         let titles = trending
             .shadow_root()
@@ -228,12 +229,18 @@ async fn embedded_elements_on_another_origin_share_one_socket_and_a_refused_orig
             .find_all(Locator::Css("li button.title"))
             .await
             .unwrap();
-        let Ok(text) = titles[1].text().await else {
-            continue;
-        };
-        if titles[1].click().await.is_ok() {
-            second = Some(Value::String(text));
-            break;
+        for title in titles {
+            let Ok(text) = title.text().await else {
+                continue 'tries;
+            };
+            if Value::String(text.clone()) == first {
+                continue;
+            }
+            if title.click().await.is_ok() {
+                second = Some(Value::String(text));
+                break 'tries;
+            }
+            continue 'tries;
         }
     }
     let second = second.expect("a click on the second trending title");
