@@ -348,7 +348,7 @@ impl Database {
     /// And the plan made without the values assumes `LIMIT $1` wants a
     /// tenth of the rows: at 100 M rows its estimate passes
     /// `jit_above_cost`, and PostgreSQL would compile the statement on
-    /// every call (about 40 ms) to read 50 rows. The writer's and the
+    /// every call (20 to 40 ms) to read 50 rows. The writer's and the
     /// upkeep's statements, whose best plan may depend on the values (how
     /// many rows an array holds, how old a week is), keep PostgreSQL's
     /// choices.
