@@ -200,8 +200,7 @@ pub(super) async fn run(
 async fn ready(pool: Pool) {
     let one = async || {
         let mut conn = store::checkout(&pool).await?;
-        let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
-        crate::db::bounded(limit, "readying a connection", async {
+        crate::db::bounded(conn.limit(), "readying a connection", async {
             Ok::<_, store::StoreError>(store::batch::ready(conn.held()).await?)
         })
         .await?;
@@ -562,9 +561,10 @@ async fn commit_in(
     if let Some(after) = after {
         let _ = after.await;
     }
-    let pool = &sink.pool;
-    let mut conn = store::checkout(pool).await.map_err(CommitError::Unavailable)?;
-    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
+    let mut conn = store::checkout(&sink.pool)
+        .await
+        .map_err(CommitError::Unavailable)?;
+    let limit = conn.limit();
     let classify = |e| CommitError::classify(e, mode);
     let elapsed = |_| CommitError::TimedOut(limit);
     let db = conn.held();

@@ -196,14 +196,16 @@ impl Database {
     fn limited_with(&self, more: &str) -> Config {
         let mut config = self.config.clone();
         let ms = self.timeout.as_millis();
-        let ours = format!(
+        let mut ours = format!(
             "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
              -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={KEEPALIVE_PROBES} \
-             -c tcp_user_timeout={ms} {more}",
+             -c tcp_user_timeout={ms}",
             KEEPALIVE_IDLE.as_secs(),
             KEEPALIVE_INTERVAL.as_secs(),
         );
-        let ours = ours.trim_end().to_owned();
+        if !more.is_empty() {
+            ours = format!("{ours} {more}");
+        }
         let options = match self.config.get_options() {
             Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
             _ => ours,

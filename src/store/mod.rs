@@ -100,6 +100,12 @@ impl Bounded {
         self.timed_out.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The bound on one piece of work (`DB_TIMEOUT`, as the pool has it),
+    /// for work on [`Bounded::held`].
+    pub fn limit(&self) -> std::time::Duration {
+        self.limit
+    }
+
     fn client(&self) -> &deadpool_postgres::Object {
         // Only `Drop` takes it.
         self.db
