@@ -7,9 +7,10 @@
 //! (10,000 rows) beside it, then times
 //! on both, in the same run: each route's query, the follower's start, a
 //! resume of 1,000, `doctor`, ingest of 100,000 events through `consume`
-//! against a plain COPY of the same rows (three times, each of a topic of
-//! its own: the median ratio), one retention sweep (keeping 8 days less
-//! than the history holds) and the next.
+//! against a plain COPY of the same rows, once into an empty table of a
+//! partition's shape and once into the history itself as it stands (five
+//! times, each of a topic of its own: the median ratios), one retention
+//! sweep (keeping 8 days less than the history holds) and the next.
 //!
 //! ```text
 //! scripts/bench history --rows 1000000
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use catlog_live::catalog::Catalog;
 use catlog_live::config::{Cli, Command};
 use catlog_live::db::Database;
+use catlog_live::event::new_event_id;
 use catlog_live::store::{history, retention};
 use catlog_live::{doctor, kafka};
 use clap::Parser;
@@ -39,12 +41,14 @@ const DAYS: i64 = 30;
 const CHUNK: i64 = 1_000_000;
 /// The simulator's Zipf exponent.
 const ZIPF: f64 = 1.2;
-/// Timed runs of each query (the median is shown), after one warm-up.
-const RUNS: usize = 7;
-/// Ingests timed, each of its own topic's events against a COPY of the
-/// same rows (the median ratio is shown): one run of 100,000 events takes
-/// about a second, and moves by several points from one run to the next.
-const INGESTS: usize = 3;
+/// Timed runs of each query (the median is shown), after one warm-up: most
+/// take a fraction of a millisecond, and seven (as before) let a moment's
+/// noise on a shared machine pass for a difference between the sizes.
+const RUNS: usize = 51;
+/// Ingests timed, each of its own topic's events against COPYs of the
+/// same rows (the median ratios are shown): one run of 100,000 events takes
+/// about a second, and either side moves by 10 % from one run to the next.
+const INGESTS: usize = 5;
 
 /// One row of history per `g`, as the consumer would have written it.
 const FILL: &str = r#"
@@ -426,11 +430,14 @@ async fn measure(
         run.figures.push((format!("{name} (ms)"), format!("{ms:.2}")));
     }
 
-    // Ingest: a plain COPY of a topic's events into a table of the
-    // history's shape, then `consume` of the same events from the broker;
-    // once per topic.
-    let mut pairs = Vec::new();
-    for Feed { topic, published } in feeds {
+    // Ingest: a plain COPY of a topic's events into an empty table of a
+    // history partition's shape; then `consume` of the same events from the
+    // broker, and a COPY of the same rows into the history itself (under a
+    // topic and event ids of their own), which keeps them as it keeps the
+    // ingested ones: these two in turns, so that neither always meets the
+    // history 100,000 rows larger than the other. Once per topic.
+    let mut rounds = Vec::new();
+    for (round, Feed { topic, published }) in feeds.iter().enumerate() {
         sql.batch_execute(&format!(
             "CREATE TABLE copy_baseline (LIKE {} INCLUDING ALL)",
             shape(sql).await?
@@ -438,35 +445,53 @@ async fn measure(
         .await?;
         let copy_secs = copy(sql, "copy_baseline", topic, published).await?;
         sql.batch_execute("DROP TABLE copy_baseline").await?;
-        let ingest_secs = consume(&run.url, broker, topic, sql, published.len()).await?;
+        let again: Vec<Published> = published
+            .iter()
+            .map(|(p, o, e, _)| (*p, *o, e.clone(), new_event_id()))
+            .collect();
+        let copy_topic = format!("{topic}-copy");
+        let copy_into_history = || copy(sql, "popularity_events", &copy_topic, &again);
+        let (ingest_secs, into_history_secs) = if round % 2 == 0 {
+            let ingest = consume(&run.url, broker, topic, sql, published.len()).await?;
+            (ingest, copy_into_history().await?)
+        } else {
+            let into_history = copy_into_history().await?;
+            (
+                consume(&run.url, broker, topic, sql, published.len()).await?,
+                into_history,
+            )
+        };
         let n = published.len() as f64;
-        pairs.push((n / ingest_secs, n / copy_secs));
+        rounds.push([n / ingest_secs, n / copy_secs, n / into_history_secs]);
     }
     let middle = |mut xs: Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         xs[xs.len() / 2]
     };
-    let ratios: Vec<f64> = pairs.iter().map(|(i, c)| i / c).collect();
+    let column = |i: usize| rounds.iter().map(|r| r[i]).collect::<Vec<_>>();
     run.figures.push((
         format!("ingest {} events (ev/s)", group(feeds[0].published.len() as i64)),
-        format!("{:.0}", middle(pairs.iter().map(|p| p.0).collect())),
+        format!("{:.0}", middle(column(0))),
     ));
-    run.figures.push((
-        "COPY of the same rows (rows/s)".into(),
-        format!("{:.0}", middle(pairs.iter().map(|p| p.1).collect())),
-    ));
-    run.figures.push((
-        format!("ingest / COPY (median of {INGESTS})"),
-        format!("{:.2}", middle(ratios.clone())),
-    ));
-    run.figures.push((
-        "  each run".into(),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-    ));
+    for (i, into) in [(1, "an empty table"), (2, "the history")] {
+        let ratios: Vec<f64> = rounds.iter().map(|r| r[0] / r[i]).collect();
+        run.figures.push((
+            format!("COPY of the same rows into {into} (rows/s)"),
+            format!("{:.0}", middle(column(i))),
+        ));
+        run.figures.push((
+            format!("ingest / that COPY (median of {INGESTS})"),
+            format!("{:.2}", middle(ratios.clone())),
+        ));
+        run.figures.push((
+            "  each run".into(),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+    }
 
     // doctor, as `catlog-live doctor` runs it.
     let cli = Cli::try_parse_from([
@@ -536,9 +561,15 @@ where
 fn print_table(runs: &[Run]) {
     let (small, large) = (&runs[0], &runs[1]);
     let width = small.figures.iter().map(|(n, _)| n.len()).max().unwrap_or(10) + 2;
+    let cell = runs
+        .iter()
+        .flat_map(|r| r.figures.iter().map(|(_, v)| v.chars().count() + 2))
+        .max()
+        .unwrap_or(20)
+        .max(20);
     println!();
     println!(
-        "{:<width$}{:>20}{:>20}{:>9}",
+        "{:<width$}{:>cell$}{:>cell$}{:>9}",
         "rows",
         group(small.rows),
         group(large.rows),
@@ -550,7 +581,7 @@ fn print_table(runs: &[Run]) {
             (Ok(a), Ok(b)) if a > 0.0 && name.contains("(ev/s)") => format!("{:.2}×", b / a),
             _ => String::new(),
         };
-        println!("{name:<width$}{a:>20}{b:>20}{ratio:>9}");
+        println!("{name:<width$}{a:>cell$}{b:>cell$}{ratio:>9}");
     }
 }
 
