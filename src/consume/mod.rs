@@ -68,16 +68,6 @@ pub enum ConsumeError {
     NoSlot,
 }
 
-impl crate::db::AsTimeout for ConsumeError {
-    fn is_timeout(&self) -> bool {
-        match self {
-            Self::Db(e) => e.is_timeout(),
-            Self::Store(e) => e.is_timeout(),
-            Self::Kafka(_) | Self::NoSlot => false,
-        }
-    }
-}
-
 impl From<tokio_postgres::Error> for ConsumeError {
     fn from(error: tokio_postgres::Error) -> Self {
         Self::Store(error.into())

@@ -200,11 +200,10 @@ pub(super) async fn run(
 async fn ready(pool: Pool) {
     let one = async || {
         let mut conn = store::checkout(&pool).await?;
-        crate::db::bounded(conn.limit(), "readying a connection", async {
-            Ok::<_, store::StoreError>(store::batch::ready(conn.held()).await?)
+        conn.within("readying a connection", async |db| {
+            Ok(store::batch::ready(db).await?)
         })
         .await?;
-        conn.answered();
         // Both held until both are ready: two connections, not one twice.
         Ok::<_, store::StoreError>(conn)
     };
@@ -644,15 +643,15 @@ async fn start_new_log(
     pool: &Pool,
     new_log: &NewLog,
 ) -> Result<bool, ConsumeError> {
-    let mut db = pool.get().await?;
-    let limit = pool.timeouts().wait.unwrap_or(crate::db::DEFAULT_TIMEOUT);
-    let work = async {
-        let tx = db.transaction().await?;
-        let moved = store::positions::start_new_log(&tx, &settings.group, &settings.topic, new_log).await?;
-        tx.commit().await?;
-        Ok::<_, ConsumeError>(moved)
-    };
-    let result = crate::db::bounded(limit, "recording a new log", work).await;
-    crate::db::discard_on_timeout(db, &result);
-    result
+    let mut conn = store::checkout(pool).await?;
+    let moved = conn
+        .within("recording a new log", async |db| {
+            let tx = db.transaction().await?;
+            let moved =
+                store::positions::start_new_log(&tx, &settings.group, &settings.topic, new_log).await?;
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await?;
+    Ok(moved)
 }

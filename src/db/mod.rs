@@ -77,8 +77,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: u32 = 3;
 
 /// Runs `work` for at most `limit`; past it, [`DbError::Timeout`] naming
-/// `what`. The caller drops the connection `work` used (see
-/// [`discard_on_timeout`]): a request may still be queued on it.
+/// `what`. The caller drops the connection `work` used (as
+/// `store::Bounded` does): a request may still be queued on it.
 pub async fn bounded<T, E>(
     limit: Duration,
     what: &'static str,
@@ -90,18 +90,6 @@ where
     match tokio::time::timeout(limit, work).await {
         Ok(result) => result,
         Err(_) => Err(DbError::Timeout { what, after: limit }.into()),
-    }
-}
-
-/// Takes a pooled connection out of its pool for good when `result` is a
-/// timeout: whatever it was waiting for may still arrive, and the next
-/// user must not wait behind it.
-pub fn discard_on_timeout<T, E: AsTimeout>(
-    connection: deadpool_postgres::Object,
-    result: &std::result::Result<T, E>,
-) {
-    if result.as_ref().is_err_and(AsTimeout::is_timeout) {
-        drop(deadpool_postgres::Object::take(connection));
     }
 }
 

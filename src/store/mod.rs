@@ -106,6 +106,22 @@ impl Bounded {
         self.limit
     }
 
+    /// `work` on the connection itself (a transaction and its commit, say)
+    /// as one piece of work, bounded by [`Bounded::limit`]: the connection
+    /// goes back to the pool afterwards unless the work timed out.
+    pub async fn within<T>(
+        &mut self,
+        what: &'static str,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+    ) -> Result<T> {
+        let limit = self.limit;
+        let result = crate::db::bounded(limit, what, work(self.held())).await;
+        if !result.as_ref().is_err_and(crate::db::AsTimeout::is_timeout) {
+            self.answered();
+        }
+        result
+    }
+
     fn client(&self) -> &deadpool_postgres::Object {
         // Only `Drop` takes it.
         self.db
